@@ -1,0 +1,3 @@
+from smr.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,24 @@
+"""Shared fixtures. The development data set lives beside the checkout in ../shared/data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _shared_data_dir() -> Path:
+    env = os.environ.get("SMR_SHARED_DATA")
+    return Path(env) if env else REPO_ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def pbc_dev() -> Path:
+    """The 600-image PBC subset (10 classes x 60) with its lineages.toml."""
+    path = _shared_data_dir() / "pbc-dev"
+    if not (path / "lineages.toml").is_file():
+        pytest.fail(f"development data not found at {path}; set SMR_SHARED_DATA to the shared/data folder")
+    return path
