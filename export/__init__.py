@@ -1,1 +1,1 @@
-"""placeholder"""
+"""Run directory -> Triton model repository: ONNX backbone, postprocess model, configs, manifest."""

@@ -1,5 +1,219 @@
-"""Sub-commands of this part (placeholder until the part lands)."""
+"""``smr export``: a run directory -> a Triton model repository; ``smr export --check DIR`` validates one."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+__all__ = ["add_parsers", "run"]
+
+_DESCRIPTION = """\
+Turn a training run directory into a self-contained Triton model repository: the ensemble `smr`
+(IMAGE uint8 [H, W, 3] -> PROBABILITIES, CLASS_ID, MATURITY, CURVE_DISTANCE, EMBEDDING) made of
+`smr_backbone` (the network as ONNX, normalisation inside the graph) and `smr_postprocess`
+(python backend, numpy: SVM probabilities, curve projections, Prometheus cell counters), plus a
+MANIFEST.json with the SHA-256 of every file. The export checks the ONNX graph and its parity with
+PyTorch (max abs difference <= 1e-4), and the finished repository (as --check does).
+"""
+
+_EPILOG = """\
+examples:
+  smr export runs/pbc --repository model_repository
+  smr export runs/pbc --runtime python            # for servers with only the python backend
+  smr export runs/pbc --instance-kind gpu --tensorrt fp16
+  smr export runs/pbc --quantize int8             # reports macro-F1 change and speed ratio
+  smr export --check model_repository
+"""
 
 
-def add_parsers(subparsers) -> None:  # noqa: ARG001 - filled in by the part's implementation
-    return None
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _batch_sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"batch sizes must be >= 1, got {text!r}")
+    return sizes
+
+
+def add_parsers(subparsers) -> None:
+    from .pbtxt import INSTANCE_KINDS, RUNTIMES, TENSORRT_PRECISIONS
+
+    p = subparsers.add_parser(
+        "export",
+        help="export a run directory to a Triton model repository (or --check one)",
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "run_dir", nargs="?", type=Path, metavar="RUN", help="run directory written by `smr train`"
+    )
+    p.add_argument(
+        "--repository",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="model repository to write (default: model_repository/ at the top of the SMR checkout); "
+        "its SMR models are replaced only after the new ones passed every check",
+    )
+    p.add_argument(
+        "--check",
+        type=Path,
+        metavar="DIR",
+        help="validate an exported repository instead of exporting: configs parse as Triton model "
+        "configs, files match MANIFEST.json, tensor names agree; exit status 1 on any problem",
+    )
+    g = p.add_argument_group("backbone")
+    g.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        default="onnxruntime",
+        help="onnxruntime: Triton's onnxruntime backend (platform onnxruntime_onnx); python: a python "
+        "backend model running the same model.onnx with onnxruntime (default: %(default)s)",
+    )
+    g.add_argument(
+        "--tensorrt",
+        choices=TENSORRT_PRECISIONS,
+        default=None,
+        help="add the TensorRT execution accelerator with this precision "
+        "(onnxruntime runtime, GPU instances)",
+    )
+    g.add_argument(
+        "--quantize",
+        choices=("int8",),
+        default=None,
+        help="static INT8 quantisation (QDQ) calibrated on training images; reports the macro-F1 change, "
+        "embedding distance and speed ratio on the validation split",
+    )
+    g.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="the data set's root, if it moved since training (split.json's 'data'); used for parity "
+        "images and INT8 calibration",
+    )
+    g.add_argument("--opset", type=int, default=21, help="ONNX opset (default: %(default)s)")
+    s = p.add_argument_group("scheduling")
+    s.add_argument(
+        "--max-batch-size",
+        type=_positive_int,
+        default=64,
+        help="max_batch_size of every model (default: %(default)s)",
+    )
+    s.add_argument(
+        "--instance-kind",
+        choices=INSTANCE_KINDS,
+        default=None,
+        help="instance_group kind of smr_backbone (default: gpu with --tensorrt, else cpu); "
+        "smr_postprocess always runs on the CPU",
+    )
+    s.add_argument(
+        "--instances",
+        type=_positive_int,
+        default=1,
+        help="instances of each composing model (default: %(default)s)",
+    )
+    s.add_argument(
+        "--max-queue-delay-us",
+        type=int,
+        default=500,
+        help="dynamic batching: how long a request may wait for others, microseconds (default: %(default)s)",
+    )
+    s.add_argument(
+        "--warmup-batch-sizes",
+        type=_batch_sizes,
+        default=(1,),
+        metavar="B[,B...]",
+        help="model_warmup batch sizes of the composing models (default: 1)",
+    )
+    s.add_argument(
+        "--intra-op-threads",
+        type=int,
+        default=0,
+        help="onnxruntime threads per backbone instance; 0 leaves onnxruntime's default "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace smr/, smr_backbone/, smr_postprocess/ even when no SMR manifest accounts for them",
+    )
+    p.set_defaults(func=run)
+
+
+def _fail(message: str) -> int:
+    print(f"smr export: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _check(directory: Path) -> int:
+    from .check import check_repository
+
+    result = check_repository(directory)
+    if not result.ok:
+        print(f"{directory}: {len(result.problems)} problem(s):", file=sys.stderr)
+        for problem in result.problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return 1
+    facts = result.facts
+    print(
+        f"{directory}: OK ({facts.get('backbone')} backbone, {facts.get('image_size')} px, "
+        f"{facts.get('classes')} classes, lineages {facts.get('lineages')}, "
+        f"max batch {facts.get('max_batch_size')}; files match MANIFEST.json)"
+    )
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.check is not None:
+        if args.run_dir is not None:
+            return _fail("give either RUN (to export) or --check DIR, not both")
+        return _check(args.check)
+    if args.run_dir is None:
+        return _fail("missing RUN (a run directory written by `smr train`), or use --check DIR")
+
+    from smr.train.rundir import RunDirError
+
+    from .onnx_backbone import ExportError
+    from .pbtxt import ServingOptions
+    from .repository import DEFAULT_REPOSITORY, ExportOptions, export_repository
+    from .run_images import ImagesUnavailable
+
+    instance_kind = args.instance_kind or ("gpu" if args.tensorrt else "cpu")
+    try:
+        serving = ServingOptions(
+            runtime=args.runtime,
+            tensorrt=args.tensorrt,
+            max_batch_size=args.max_batch_size,
+            instance_kind=instance_kind,
+            instances=args.instances,
+            max_queue_delay_us=args.max_queue_delay_us,
+            warmup_batch_sizes=args.warmup_batch_sizes,
+            intra_op_threads=args.intra_op_threads,
+        ).validate()
+    except ValueError as exc:
+        return _fail(str(exc))
+    options = ExportOptions(
+        serving=serving, quantize=args.quantize, opset=args.opset, data_root=args.data, force=args.force
+    )
+    repository = args.repository or DEFAULT_REPOSITORY
+    try:
+        result = export_repository(args.run_dir, repository, options)
+    except (RunDirError, ExportError, ImagesUnavailable, FileExistsError) as exc:
+        return _fail(str(exc))
+    n_files = len(result.manifest["files"])
+    print(
+        f"exported {args.run_dir} -> {result.repository} ({n_files} files, {serving.runtime} backbone, "
+        f"{result.seconds:.1f} s); check it with: smr export --check {result.repository}"
+    )
+    return 0

@@ -1,0 +1,215 @@
+"""Triton ``config.pbtxt`` files, built as ``ModelConfig`` protobufs (tritonclient's schema).
+
+Building the configs as protobuf messages, rather than as text templates, means a field name or
+enum value that Triton would not accept fails here, at export time; ``parse_config`` reads a file
+back with the same schema for ``smr export --check``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from . import tensors as T
+from .tensors import TensorSpec
+
+__all__ = [
+    "RUNTIMES",
+    "INSTANCE_KINDS",
+    "TENSORRT_PRECISIONS",
+    "ServingOptions",
+    "backbone_config",
+    "postprocess_config",
+    "ensemble_config",
+    "to_text",
+    "parse_config",
+    "ConfigFormatError",
+]
+
+RUNTIMES = ("onnxruntime", "python")
+INSTANCE_KINDS = ("cpu", "gpu")
+TENSORRT_PRECISIONS = ("fp16", "fp32")
+
+
+class ConfigFormatError(ValueError):
+    """A ``config.pbtxt`` that is not a valid Triton ``ModelConfig``."""
+
+
+@dataclass(frozen=True)
+class ServingOptions:
+    """How the composing models are scheduled (``smr export`` flags)."""
+
+    runtime: str = "onnxruntime"  # smr_backbone: Triton's onnxruntime backend, or the python backend
+    tensorrt: str | None = None  # "fp16" | "fp32": TensorRT accelerator (onnxruntime runtime only)
+    max_batch_size: int = 64
+    instance_kind: str = "cpu"  # of smr_backbone; smr_postprocess (numpy) always runs on the CPU
+    instances: int = 1  # instances of each composing model
+    max_queue_delay_us: int = 500  # dynamic batching: how long a request may wait for others
+    warmup_batch_sizes: tuple[int, ...] = (1,)
+    intra_op_threads: int = 0  # onnxruntime threads per backbone instance; 0: its default
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> ServingOptions:
+        def fail(message: str) -> None:
+            raise ValueError(message)
+
+        if self.runtime not in RUNTIMES:
+            fail(f"runtime {self.runtime!r} is not valid; choose one of: {', '.join(RUNTIMES)}")
+        if self.instance_kind not in INSTANCE_KINDS:
+            fail(
+                f"instance kind {self.instance_kind!r} is not valid; "
+                f"choose one of: {', '.join(INSTANCE_KINDS)}"
+            )
+        if self.tensorrt is not None:
+            if self.tensorrt not in TENSORRT_PRECISIONS:
+                fail(
+                    f"TensorRT precision {self.tensorrt!r} is not valid; choose one of: "
+                    f"{', '.join(TENSORRT_PRECISIONS)}"
+                )
+            if self.runtime != "onnxruntime":
+                fail(
+                    "--tensorrt needs --runtime onnxruntime (the TensorRT accelerator belongs to "
+                    "Triton's onnxruntime backend)"
+                )
+            if self.instance_kind != "gpu":
+                fail("--tensorrt needs GPU instances (--instance-kind gpu)")
+        if not 1 <= self.max_batch_size <= 4096:
+            fail(f"max batch size {self.max_batch_size} must lie in [1, 4096]")
+        if self.instances < 1:
+            fail(f"instances {self.instances} must be >= 1")
+        if self.max_queue_delay_us < 0:
+            fail(f"max queue delay {self.max_queue_delay_us} us must be >= 0")
+        if not self.warmup_batch_sizes or any(
+            not 1 <= b <= self.max_batch_size for b in self.warmup_batch_sizes
+        ):
+            fail(
+                f"warm-up batch sizes {list(self.warmup_batch_sizes)} must lie in [1, max batch size "
+                f"{self.max_batch_size}]"
+            )
+        if self.intra_op_threads < 0:
+            fail(f"intra-op threads {self.intra_op_threads} must be >= 0")
+        return self
+
+
+def _add_tensors(container, specs: Sequence[TensorSpec]) -> None:
+    for spec in specs:
+        container.add(name=spec.name, data_type=mc.DataType.Value(spec.data_type), dims=list(spec.dims))
+
+
+def _add_scheduling(config: mc.ModelConfig, options: ServingOptions, kind: str) -> None:
+    kind_enum = mc.ModelInstanceGroup.KIND_GPU if kind == "gpu" else mc.ModelInstanceGroup.KIND_CPU
+    config.instance_group.add(kind=kind_enum, count=options.instances)
+    config.dynamic_batching.max_queue_delay_microseconds = options.max_queue_delay_us
+
+
+def _add_warmup(
+    config: mc.ModelConfig, inputs: Sequence[TensorSpec], batch_sizes: Sequence[int], *, zeros: bool = False
+) -> None:
+    kind = "zero" if zeros else "random"
+    for batch_size in batch_sizes:
+        warmup = config.model_warmup.add(name=f"{kind}_batch_{batch_size}", batch_size=batch_size)
+        for spec in inputs:
+            tensor = warmup.inputs[spec.name]
+            tensor.data_type = mc.DataType.Value(spec.data_type)
+            tensor.dims.extend(spec.dims)
+            if zeros:
+                tensor.zero_data = True
+            else:
+                tensor.random_data = True
+
+
+def backbone_config(*, image_size: int, embedding_dim: int, options: ServingOptions) -> mc.ModelConfig:
+    """``smr_backbone``: the ONNX graph, on Triton's onnxruntime backend or the python backend."""
+    options.validate()
+    config = mc.ModelConfig(name=T.BACKBONE, max_batch_size=options.max_batch_size)
+    if options.runtime == "onnxruntime":
+        config.platform = "onnxruntime_onnx"
+        config.default_model_filename = "model.onnx"
+        if options.intra_op_threads:
+            config.parameters["intra_op_thread_count"].string_value = str(options.intra_op_threads)
+    else:
+        config.backend = "python"
+        config.parameters["onnx_file"].string_value = "model.onnx"
+        config.parameters["intra_op_threads"].string_value = str(options.intra_op_threads)
+        providers = ["CPUExecutionProvider"]
+        if options.instance_kind == "gpu":
+            providers.insert(0, "CUDAExecutionProvider")
+        config.parameters["execution_providers"].string_value = ",".join(providers)
+    inputs = T.backbone_inputs(image_size)
+    _add_tensors(config.input, inputs)
+    _add_tensors(config.output, T.backbone_outputs(embedding_dim))
+    _add_scheduling(config, options, options.instance_kind)
+    if options.tensorrt:
+        accelerator = config.optimization.execution_accelerators.gpu_execution_accelerator.add(
+            name="tensorrt"
+        )
+        accelerator.parameters["precision_mode"] = options.tensorrt.upper()
+        accelerator.parameters["max_workspace_size_bytes"] = str(1 << 30)
+    _add_warmup(config, inputs, options.warmup_batch_sizes)
+    return config
+
+
+def postprocess_config(
+    *, embedding_dim: int, n_classes: int, n_lineages: int, options: ServingOptions
+) -> mc.ModelConfig:
+    """``smr_postprocess``: SVM probabilities and curve projections (python backend, numpy)."""
+    options.validate()
+    config = mc.ModelConfig(name=T.POSTPROCESS, backend="python", max_batch_size=options.max_batch_size)
+    inputs = T.backbone_outputs(embedding_dim)
+    _add_tensors(config.input, inputs)
+    _add_tensors(config.output, T.postprocess_outputs(n_classes, n_lineages))
+    config.parameters["curves_file"].string_value = "curves.json"
+    config.parameters["svm_file"].string_value = "svm.json"
+    config.parameters["manifest_file"].string_value = "../MANIFEST.json"
+    _add_scheduling(config, options, "cpu")
+    # zero embeddings: the backbone never produces one (it L2-normalises), so the postprocess can
+    # leave the warm-up out of its cell counters
+    _add_warmup(config, inputs, options.warmup_batch_sizes, zeros=True)
+    return config
+
+
+def ensemble_config(
+    *,
+    image_size: int,
+    embedding_dim: int,
+    classes: Sequence[str],
+    lineages: Sequence[dict[str, Any]],
+    options: ServingOptions,
+) -> mc.ModelConfig:
+    """``smr``: IMAGE -> smr_backbone -> EMBEDDING -> smr_postprocess, with the class/lineage metadata."""
+    options.validate()
+    config = mc.ModelConfig(name=T.ENSEMBLE, platform="ensemble", max_batch_size=options.max_batch_size)
+    _add_tensors(config.input, T.backbone_inputs(image_size))
+    outputs = T.ensemble_outputs(len(classes), len(lineages), embedding_dim)
+    _add_tensors(config.output, outputs)
+    backbone = config.ensemble_scheduling.step.add(model_name=T.BACKBONE, model_version=-1)
+    backbone.input_map[T.IMAGE] = T.IMAGE
+    backbone.output_map[T.EMBEDDING] = T.EMBEDDING
+    post = config.ensemble_scheduling.step.add(model_name=T.POSTPROCESS, model_version=-1)
+    post.input_map[T.EMBEDDING] = T.EMBEDDING
+    for spec in T.postprocess_outputs(len(classes), len(lineages)):
+        post.output_map[spec.name] = spec.name
+    config.parameters["classes"].string_value = json.dumps(list(classes))
+    config.parameters["lineages"].string_value = json.dumps(list(lineages))
+    config.parameters["image_size"].string_value = str(image_size)
+    config.parameters["embedding_dim"].string_value = str(embedding_dim)
+    return config
+
+
+def to_text(config: mc.ModelConfig) -> str:
+    return text_format.MessageToString(config)
+
+
+def parse_config(path: str | Path) -> mc.ModelConfig:
+    """Parse a ``config.pbtxt`` as a Triton ``ModelConfig``; ``ConfigFormatError`` names the file."""
+    path = Path(path)
+    try:
+        return text_format.Parse(path.read_text(), mc.ModelConfig())
+    except (text_format.ParseError, UnicodeDecodeError) as exc:
+        raise ConfigFormatError(f"{path}: not a valid Triton model config: {exc}") from exc

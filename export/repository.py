@@ -1,0 +1,308 @@
+"""Run directory -> Triton model repository (``smr export``).
+
+The repository is assembled in a staging folder inside the target, checked (``check.py``) and
+only then moved into place, model folder by model folder; a failed export leaves the target as it
+was. Layout (docs/architecture.md, "Model repository")::
+
+    REPO/MANIFEST.json
+    REPO/smr/config.pbtxt, smr/1/                        ensemble
+    REPO/smr_backbone/config.pbtxt, 1/model.onnx [, 1/model.py with --runtime python]
+    REPO/smr_postprocess/config.pbtxt, 1/model.py, 1/curves.json, 1/svm.json,
+                          1/smr_core/ (copy of smr.core), 1/smr_manifest.py
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import platform
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from . import tensors as T
+from .manifest import MANIFEST_FILE, build_manifest, sha256_file, write_manifest
+from .pbtxt import ServingOptions, backbone_config, ensemble_config, postprocess_config, to_text
+
+__all__ = ["DEFAULT_REPOSITORY", "ExportOptions", "ExportResult", "export_repository"]
+
+# the repository's top-level model_repository/ (what docker-compose.yml mounts)
+DEFAULT_REPOSITORY = Path(__file__).resolve().parents[1] / "model_repository"
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    serving: ServingOptions = ServingOptions()
+    quantize: str | None = None  # "int8"
+    opset: int = 21
+    data_root: Path | None = None  # the data set's root, when split.json's "data" moved
+    parity_images: int = 16  # real images for the parity check (plus 8 random ones)
+    calibration_images: int = 64  # training images for INT8 calibration
+    evaluation_images: int | None = None  # validation images for the INT8 report (None: all)
+    force: bool = False  # replace model folders that no SMR manifest accounts for
+
+
+@dataclass
+class ExportResult:
+    repository: Path
+    manifest: dict[str, Any]
+    parity: Any  # ParityReport
+    quantization: Any | None  # QuantizationReport
+    seconds: float
+
+
+def _copy_core(dest: Path) -> None:
+    """Copy ``smr.core`` (numpy-only modules that import each other relatively) to ``dest``."""
+    core = resources.files("smr.core")
+    dest.mkdir(parents=True)
+    for entry in sorted(core.iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".py"):
+            (dest / entry.name).write_bytes(entry.read_bytes())
+
+
+def _copy_module(package: str, name: str, dest: Path) -> None:
+    dest.write_bytes(resources.files(package).joinpath(name).read_bytes())
+
+
+def _check_target(repo: Path, force: bool) -> None:
+    """Refuse to replace model folders that are not from an earlier SMR export (unless ``force``)."""
+    if repo.exists() and not repo.is_dir():
+        raise FileExistsError(f"--repository {repo} exists and is not a directory")
+    if not repo.exists() or force or (repo / MANIFEST_FILE).is_file():
+        return
+    foreign = [name for name in T.MODEL_NAMES if (repo / name).exists()]
+    if foreign:
+        raise FileExistsError(
+            f"{repo} already holds {', '.join(foreign)} without an SMR {MANIFEST_FILE}; "
+            "choose another --repository or pass --force to replace them"
+        )
+
+
+def _install(staging: Path, repo: Path) -> None:
+    """Move the staged models and manifest into ``repo``; put the old ones back on failure."""
+    backup = Path(tempfile.mkdtemp(dir=repo, prefix=".smr-previous-"))
+    entries = [*T.MODEL_NAMES, MANIFEST_FILE]
+    moved_old, moved_new = [], []
+    try:
+        for name in entries:
+            if (repo / name).exists():
+                (repo / name).rename(backup / name)
+                moved_old.append(name)
+        for name in entries:
+            (staging / name).rename(repo / name)
+            moved_new.append(name)
+    except OSError:
+        for name in moved_new:
+            (repo / name).rename(staging / name)
+        for name in moved_old:
+            (backup / name).rename(repo / name)
+        backup.rmdir()  # empty again; if restoring failed, the old files stay in it
+        raise
+    shutil.rmtree(backup)
+
+
+def _versions() -> dict[str, str]:
+    import numpy
+    import onnx
+    import onnxruntime
+    import torch
+
+    from smr import __version__
+
+    return {
+        "smr": __version__,
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "numpy": numpy.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def export_repository(
+    run_dir: str | Path,
+    repository: str | Path = DEFAULT_REPOSITORY,
+    options: ExportOptions = ExportOptions(),
+    *,
+    log: Callable[[str], None] = print,
+) -> ExportResult:
+    """Export ``run_dir`` into the Triton model repository ``repository``; return what was measured.
+
+    Raises ``RunDirError`` (bad run directory), ``ExportError`` (graph or parity failure, failed
+    repository check), ``ImagesUnavailable`` (INT8 without the training images) or
+    ``FileExistsError`` (the target holds models that are not SMR's).
+    """
+    from smr.core.svm import RbfSvm
+    from smr.train.rundir import CONFIG_FILE, CURVES_FILE, MODEL_FILE, SVM_FILE, load_run
+
+    from .check import check_repository
+    from .onnx_backbone import ExportError, ServingBackbone, check_onnx, check_parity, export_onnx
+    from .quantize import QUANTIZE_CHOICES, compare_int8, quantize_int8
+    from .run_images import ImagesUnavailable, load_split_images
+
+    start = time.perf_counter()
+    serving = options.serving.validate()
+    run_dir = Path(run_dir)
+    repo = Path(repository)
+    run = load_run(run_dir)
+    classes, size, dim = run.classes, run.config.image_size, run.config.embedding_dim
+    if not run.curves:
+        raise ExportError(f"{run_dir}: the run has no lineages; SMR serves at least one maturation curve")
+    try:
+        svm = RbfSvm.from_dict(run.svm)
+    except ValueError as exc:
+        raise ExportError(f"{run_dir / SVM_FILE}: {exc}") from None
+    if list(svm.classes) != classes:
+        raise ExportError(f"{run_dir / SVM_FILE}: classes {list(svm.classes)} != the run's {classes}")
+    if svm.n_features != dim:
+        raise ExportError(f"{run_dir / SVM_FILE}: {svm.n_features}-D support vectors, embeddings are {dim}-D")
+
+    # read the images first: a missing data folder should fail before the slow steps
+    def images(split: str, limit: int | None):
+        return load_split_images(
+            run_dir, split, classes=classes, image_size=size, limit=limit, data_root=options.data_root
+        )
+
+    if options.quantize not in (None, *QUANTIZE_CHOICES):
+        raise ExportError(
+            f"unknown quantisation {options.quantize!r}; choose one of: {', '.join(QUANTIZE_CHOICES)}"
+        )
+    try:
+        real = images("val", options.parity_images).images
+    except ImagesUnavailable as exc:
+        if options.quantize:
+            raise
+        log(f"warning: parity on random images only: {exc}")
+        real = None
+    if options.quantize == "int8":
+        calibration = images("train", options.calibration_images)
+        evaluation = images("val", options.evaluation_images)
+
+    _check_target(repo, options.force)
+    created = not repo.exists()
+    repo.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=repo, prefix=".smr-export-"))
+    try:
+        # -- smr_backbone ---------------------------------------------------------------------
+        backbone_dir = staging / T.BACKBONE / "1"
+        backbone_dir.mkdir(parents=True)
+        onnx_path = backbone_dir / "model.onnx"
+        backbone = ServingBackbone(run.model, run.config.mean, run.config.std).eval()
+        log(f"exporting the backbone to ONNX ({size}x{size} px, opset {options.opset}) ...")
+        export_onnx(backbone, onnx_path, image_size=size, opset=options.opset)
+        parity = check_parity(backbone, onnx_path, real, image_size=size)
+        log(parity.summary())
+
+        quantization = None
+        if options.quantize == "int8":
+            fp32_path = staging / "model.fp32.onnx"
+            onnx_path.rename(fp32_path)
+            log(f"quantising to INT8 (QDQ), calibrated on {len(calibration.images)} training images ...")
+            quantize_int8(fp32_path, onnx_path, calibration.images)
+            check_onnx(onnx_path, image_size=size)
+            quantization = compare_int8(
+                fp32_path, onnx_path, evaluation.images, evaluation.labels, svm=svm, lineage_curves=run.curves
+            )
+            fp32_path.unlink()
+            log(quantization.summary())
+
+        if serving.runtime == "python":
+            _copy_module("smr.serving.triton_models", "backbone_python.py", backbone_dir / "model.py")
+        (staging / T.BACKBONE / "config.pbtxt").write_text(
+            to_text(backbone_config(image_size=size, embedding_dim=dim, options=serving))
+        )
+
+        # -- smr_postprocess ------------------------------------------------------------------
+        post_dir = staging / T.POSTPROCESS / "1"
+        post_dir.mkdir(parents=True)
+        _copy_module("smr.serving.triton_models", "postprocess.py", post_dir / "model.py")
+        _copy_core(post_dir / "smr_core")
+        _copy_module("smr.export", "manifest.py", post_dir / "smr_manifest.py")
+        shutil.copyfile(run_dir / CURVES_FILE, post_dir / "curves.json")
+        shutil.copyfile(run_dir / SVM_FILE, post_dir / "svm.json")
+        (staging / T.POSTPROCESS / "config.pbtxt").write_text(
+            to_text(
+                postprocess_config(
+                    embedding_dim=dim, n_classes=len(classes), n_lineages=len(run.curves), options=serving
+                )
+            )
+        )
+
+        # -- smr (ensemble) -------------------------------------------------------------------
+        (staging / T.ENSEMBLE / "1").mkdir(parents=True)
+        lineages = [
+            {
+                "name": lc.name,
+                "classes": list(lc.classes),
+                "targets": lc.targets.tolist(),
+                "boundaries": lc.boundaries.tolist(),
+            }
+            for lc in run.curves
+        ]
+        (staging / T.ENSEMBLE / "config.pbtxt").write_text(
+            to_text(
+                ensemble_config(
+                    image_size=size, embedding_dim=dim, classes=classes, lineages=lineages, options=serving
+                )
+            )
+        )
+
+        # -- manifest, check, install ---------------------------------------------------------
+        manifest = build_manifest(
+            staging,
+            list(T.MODEL_NAMES),
+            created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            run={
+                "path": str(run_dir.resolve()),
+                "config_sha256": sha256_file(run_dir / CONFIG_FILE),
+                "model_sha256": sha256_file(run_dir / MODEL_FILE),
+                "curves_sha256": sha256_file(run_dir / CURVES_FILE),
+                "svm_sha256": sha256_file(run_dir / SVM_FILE),
+                "result": run.result,
+            },
+            export={
+                "runtime": serving.runtime,
+                "tensorrt": serving.tensorrt,
+                "quantize": options.quantize,
+                "image_size": size,
+                "embedding_dim": dim,
+                "classes": classes,
+                "max_batch_size": serving.max_batch_size,
+                "instance_kind": serving.instance_kind,
+                "instances": serving.instances,
+                "opset": options.opset,
+                "parity": {
+                    "real_images": parity.real_images,
+                    "random_images": parity.random_images,
+                    "max_abs_diff": parity.max_abs_diff,
+                    "tolerance": parity.atol,
+                },
+                "quantization": quantization.to_dict() if quantization else None,
+            },
+            versions=_versions(),
+        )
+        write_manifest(staging, manifest)
+        check = check_repository(staging)
+        if not check.ok:
+            raise ExportError(
+                "the exported repository fails its own check:\n  " + "\n  ".join(check.problems)
+            )
+        _install(staging, repo)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if created:
+            shutil.rmtree(repo, ignore_errors=True)
+        raise
+    shutil.rmtree(staging, ignore_errors=True)
+    return ExportResult(
+        repo,
+        json.loads((repo / MANIFEST_FILE).read_text()),
+        parity,
+        quantization,
+        time.perf_counter() - start,
+    )

@@ -1,0 +1,1 @@
+"""Triton python models of SMR; ``smr export`` copies them into the model repository as ``model.py``."""

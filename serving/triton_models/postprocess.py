@@ -1,0 +1,266 @@
+"""Triton python model ``smr_postprocess``: embeddings -> SVM probabilities, class, curve positions.
+
+``smr export`` copies this file to ``smr_postprocess/1/model.py``, next to ``curves.json``,
+``svm.json``, a copy of ``smr.core`` (``smr_core/``) and of the manifest checker
+(``smr_manifest.py``). It imports numpy, the standard library, Triton's
+``triton_python_backend_utils`` and those copies only, so it runs on a stock Triton image where
+the ``smr`` package is not installed (the python backend puts the version folder on ``sys.path``).
+
+Per ``execute`` it stacks the embeddings of all requests into one batch, evaluates the RBF SVM
+and projects onto every lineage's curve once, and answers each request with its own rows. A
+request whose ``EMBEDDING`` has the wrong data type, rank, size or non-finite values gets an
+``INVALID_ARGUMENT`` error naming the tensor; the other requests of the batch are unaffected.
+
+Custom Prometheus metrics (python backend ``MetricFamily``):
+
+- ``smr_cells_classified_total{class=...}`` (counter): cells per predicted class, the live
+  differential count;
+- ``smr_curve_position{lineage=...}`` (histogram): position t on the lineage's curve of the cells
+  classified into one of that lineage's stages;
+- ``smr_postprocess_seconds{model=...}`` (histogram): time of one ``execute`` (one batch).
+
+A zero embedding, which the backbone never produces (it L2-normalises), is what the model's
+warm-up sends; such rows are answered but left out of the metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+from smr_core.curves_json import curves_from_json, project_all
+from smr_core.svm import RbfSvm
+from smr_manifest import ManifestError, verify_manifest
+
+INPUT = "EMBEDDING"
+OUTPUTS = {  # name -> (Triton data type, numpy dtype)
+    "PROBABILITIES": ("TYPE_FP32", np.float32),
+    "CLASS_ID": ("TYPE_INT32", np.int32),
+    "MATURITY": ("TYPE_FP32", np.float32),
+    "CURVE_DISTANCE": ("TYPE_FP32", np.float32),
+}
+POSITION_BUCKETS = [round(0.05 * i, 2) for i in range(1, 21)]
+SECONDS_BUCKETS = [1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 2.5]
+
+
+class BadRequest(ValueError):
+    """A request the model cannot answer; becomes an INVALID_ARGUMENT error for that request only."""
+
+
+def _parameter(config: dict, key: str, default: str) -> str:
+    value = config.get("parameters", {}).get(key, {}).get("string_value")
+    return value if value else default
+
+
+def _as_array(tensor) -> np.ndarray:
+    """The tensor's data, through DLPack: under numpy 2 the python backend stub of Triton 2.51 (the
+    embedded server) sends empty outputs for ``pb_utils.Tensor(name, array)``, so tensors go through
+    DLPack both ways (``as_numpy()`` is the same numpy binding); DLPack works on Triton since 22.x."""
+    try:
+        return np.from_dlpack(tensor)
+    except (TypeError, ValueError, BufferError, RuntimeError) as exc:
+        raise BadRequest(f"input tensor {tensor.name()}: unsupported data ({exc})") from None
+
+
+def _output(name: str, array: np.ndarray):
+    return pb_utils.Tensor.from_dlpack(name, np.ascontiguousarray(array))
+
+
+def _error(message: str, code: str = "INVALID_ARG"):
+    code_value = getattr(pb_utils.TritonError, code, None)
+    if code_value is None:  # python backends before error codes existed
+        return pb_utils.TritonError(message)
+    return pb_utils.TritonError(message, code_value)
+
+
+class TritonPythonModel:
+    """SVM probabilities and curve projections of a batch of embeddings (numpy only)."""
+
+    def initialize(self, args: dict) -> None:
+        config = json.loads(args["model_config"])
+        self.model_name = args.get("model_name", "smr_postprocess")
+        model_dir = args["model_repository"]
+        version_dir = os.path.join(model_dir, str(args.get("model_version", "1")))
+
+        manifest_path = os.path.normpath(
+            os.path.join(model_dir, _parameter(config, "manifest_file", "../MANIFEST.json"))
+        )
+        try:
+            verify_manifest(os.path.dirname(manifest_path))
+        except ManifestError as exc:
+            raise ValueError(f"{self.model_name}: refusing to load: {exc}") from None
+
+        curves_path = os.path.join(version_dir, _parameter(config, "curves_file", "curves.json"))
+        svm_path = os.path.join(version_dir, _parameter(config, "svm_file", "svm.json"))
+        with open(curves_path, encoding="utf-8") as fh:
+            self.curves = curves_from_json(json.load(fh))
+        with open(svm_path, encoding="utf-8") as fh:
+            svm_doc = json.load(fh)
+        self.svm = RbfSvm.from_dict(svm_doc)
+        self.classes = list(self.svm.classes)
+        self.lineages = [lc.name for lc in self.curves]
+        dims = {lc.curve.dim for lc in self.curves}
+        self._check_config(config, dims)
+        self._class_lineage = np.full(len(self.classes), -1, dtype=np.int64)
+        for i, lc in enumerate(self.curves):
+            for name in lc.classes:
+                if name not in self.classes:
+                    raise ValueError(
+                        f"{curves_path}: lineage {lc.name!r} class {name!r} is not an SVM class "
+                        f"{self.classes}"
+                    )
+                self._class_lineage[self.classes.index(name)] = i
+        self._init_metrics()
+        pb_utils.Logger.log_info(
+            f"{self.model_name}: {len(self.classes)} classes, lineages {self.lineages}, "
+            f"embedding dim {self.embedding_dim}, max batch {config.get('max_batch_size')}"
+        )
+
+    def _check_config(self, config: dict, curve_dims: set[int]) -> None:
+        inputs = {t["name"]: t for t in config.get("input", [])}
+        outputs = {t["name"]: t for t in config.get("output", [])}
+        if list(inputs) != [INPUT]:
+            raise ValueError(f"config.pbtxt inputs {list(inputs)}, expected [{INPUT!r}]")
+        if set(outputs) != set(OUTPUTS):
+            raise ValueError(f"config.pbtxt outputs {sorted(outputs)}, expected {sorted(OUTPUTS)}")
+        if inputs[INPUT]["data_type"] != "TYPE_FP32" or len(inputs[INPUT]["dims"]) != 1:
+            raise ValueError(f"config.pbtxt: {INPUT} must be TYPE_FP32 with dims [D]")
+        self.embedding_dim = int(inputs[INPUT]["dims"][0])
+        if curve_dims - {self.embedding_dim}:
+            raise ValueError(f"curves live in {sorted(curve_dims)}-D, {INPUT} has {self.embedding_dim}")
+        if self.svm.n_features != self.embedding_dim:
+            raise ValueError(
+                f"the SVM expects {self.svm.n_features}-D embeddings, {INPUT} has {self.embedding_dim}"
+            )
+        expected = {
+            "PROBABILITIES": [len(self.classes)],
+            "CLASS_ID": [1],
+            "MATURITY": [len(self.curves)],
+            "CURVE_DISTANCE": [len(self.curves)],
+        }
+        for name, (dtype, _) in OUTPUTS.items():
+            got = [int(d) for d in outputs[name]["dims"]]
+            if outputs[name]["data_type"] != dtype or got != expected[name]:
+                raise ValueError(
+                    f"config.pbtxt: output {name} is {outputs[name]['data_type']} {got}, "
+                    f"expected {dtype} {expected[name]}"
+                )
+
+    def _init_metrics(self) -> None:
+        self._counts = self._positions = self._seconds = None
+        family = getattr(pb_utils, "MetricFamily", None)
+        if family is None:
+            pb_utils.Logger.log_warn(f"{self.model_name}: this Triton has no custom metrics; none reported")
+            return
+        self._count_family = family(
+            name="smr_cells_classified_total",
+            description="Cells classified, per predicted class (the differential count)",
+            kind=family.COUNTER,
+        )
+        self._counts = [self._count_family.Metric(labels={"class": c}) for c in self.classes]
+        if getattr(family, "HISTOGRAM", None) is None:
+            pb_utils.Logger.log_warn(
+                f"{self.model_name}: this Triton has no histogram metrics; "
+                "curve positions and timings are not reported"
+            )
+            return
+        self._position_family = family(
+            name="smr_curve_position",
+            description="Position t on the lineage's curve (0 immature, 1 mature) of cells classified "
+            "into one of its stages",
+            kind=family.HISTOGRAM,
+        )
+        self._positions = [
+            self._position_family.Metric(labels={"lineage": name}, buckets=POSITION_BUCKETS)
+            for name in self.lineages
+        ]
+        self._seconds_family = family(
+            name="smr_postprocess_seconds",
+            description="Time of one smr_postprocess execute (one batch), seconds",
+            kind=family.HISTOGRAM,
+        )
+        self._seconds = self._seconds_family.Metric(
+            labels={"model": self.model_name}, buckets=SECONDS_BUCKETS
+        )
+
+    # ------------------------------------------------------------------------------------------
+    def _embedding(self, request) -> np.ndarray:
+        tensor = pb_utils.get_input_tensor_by_name(request, INPUT)
+        if tensor is None:
+            raise BadRequest(f"input tensor {INPUT} is missing")
+        x = _as_array(tensor)
+        if x.dtype != np.float32:
+            raise BadRequest(f"input tensor {INPUT}: expected data type FP32, got {x.dtype}")
+        if x.ndim != 2 or x.shape[1] != self.embedding_dim:
+            raise BadRequest(
+                f"input tensor {INPUT}: expected shape [batch, {self.embedding_dim}], got {list(x.shape)}"
+            )
+        if not np.all(np.isfinite(x)):
+            raise BadRequest(f"input tensor {INPUT}: contains NaN or infinite values")
+        return x
+
+    def compute(self, X: np.ndarray) -> dict[str, np.ndarray]:
+        """The outputs for embeddings ``X`` (N, D), as the model returns them."""
+        probabilities = self.svm.predict_proba(X.astype(np.float64)).astype(np.float32)
+        t, distance = project_all(self.curves, X.astype(np.float64))
+        return {
+            "PROBABILITIES": probabilities,
+            "CLASS_ID": probabilities.argmax(axis=1).astype(np.int32)[:, None],
+            "MATURITY": t.astype(np.float32),
+            "CURVE_DISTANCE": distance.astype(np.float32),
+        }
+
+    def execute(self, requests):
+        start = time.perf_counter()
+        responses = [None] * len(requests)
+        batch, owners = [], []
+        for i, request in enumerate(requests):
+            try:
+                batch.append(self._embedding(request))
+                owners.append(i)
+            except BadRequest as exc:
+                responses[i] = pb_utils.InferenceResponse(output_tensors=[], error=_error(str(exc)))
+        if batch:
+            X = np.concatenate(batch) if len(batch) > 1 else batch[0]
+            try:
+                outputs = self.compute(X)
+            except Exception as exc:  # answer every request rather than failing the whole execute
+                for i in owners:
+                    responses[i] = pb_utils.InferenceResponse(
+                        output_tensors=[],
+                        error=_error(f"{self.model_name}: {type(exc).__name__}: {exc}", "INTERNAL"),
+                    )
+                return responses
+            offset = 0
+            for i, x in zip(owners, batch, strict=True):
+                rows = slice(offset, offset + len(x))
+                offset += len(x)
+                tensors = [_output(name, value[rows]) for name, value in outputs.items()]
+                responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
+            self._record(X, outputs)
+        if self._seconds is not None:
+            self._seconds.observe(time.perf_counter() - start)
+        return responses
+
+    def _record(self, X: np.ndarray, outputs: dict[str, np.ndarray]) -> None:
+        if self._counts is None:
+            return
+        cells = np.any(X != 0, axis=1)  # zero rows are the warm-up
+        class_id = outputs["CLASS_ID"][cells, 0]
+        for c, n in zip(*np.unique(class_id, return_counts=True), strict=True):
+            self._counts[int(c)].increment(float(n))
+        if self._positions is not None:
+            lineage = self._class_lineage[class_id]
+            t = outputs["MATURITY"][cells]
+            for row in np.flatnonzero(lineage >= 0):
+                self._positions[lineage[row]].observe(float(t[row, lineage[row]]))
+
+    def finalize(self) -> None:
+        # metrics first, then their families (the python backend requires this order)
+        self._counts = self._positions = self._seconds = None
+        for name in ("_count_family", "_position_family", "_seconds_family"):
+            if hasattr(self, name):
+                delattr(self, name)

@@ -1,0 +1,84 @@
+"""Config builders and serving options (no export needed)."""
+
+from __future__ import annotations
+
+import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from smr.export.pbtxt import ServingOptions, backbone_config, ensemble_config, postprocess_config, to_text
+
+
+def _roundtrip(config: mc.ModelConfig) -> mc.ModelConfig:
+    return text_format.Parse(to_text(config), mc.ModelConfig())
+
+
+def test_tensorrt_gpu_backbone():
+    options = ServingOptions(tensorrt="fp16", instance_kind="gpu", instances=2, max_batch_size=256)
+    config = _roundtrip(backbone_config(image_size=224, embedding_dim=256, options=options))
+    assert config.platform == "onnxruntime_onnx"
+    accelerators = config.optimization.execution_accelerators.gpu_execution_accelerator
+    assert [a.name for a in accelerators] == ["tensorrt"]
+    assert accelerators[0].parameters["precision_mode"] == "FP16"
+    assert [(g.kind, g.count) for g in config.instance_group] == [(mc.ModelInstanceGroup.KIND_GPU, 2)]
+    assert config.max_batch_size == 256
+
+
+def test_postprocess_stays_on_cpu_and_warms_up_with_zeros():
+    options = ServingOptions(instance_kind="gpu", warmup_batch_sizes=(1, 16))
+    config = _roundtrip(postprocess_config(embedding_dim=256, n_classes=15, n_lineages=2, options=options))
+    assert config.backend == "python"
+    assert [g.kind for g in config.instance_group] == [mc.ModelInstanceGroup.KIND_CPU]
+    assert [w.batch_size for w in config.model_warmup] == [1, 16]
+    assert all(w.inputs["EMBEDDING"].zero_data for w in config.model_warmup)
+    assert {o.name: list(o.dims) for o in config.output} == {
+        "PROBABILITIES": [15],
+        "CLASS_ID": [1],
+        "MATURITY": [2],
+        "CURVE_DISTANCE": [2],
+    }
+
+
+def test_python_runtime_backbone_parameters():
+    options = ServingOptions(runtime="python", intra_op_threads=2)
+    config = _roundtrip(backbone_config(image_size=96, embedding_dim=256, options=options))
+    assert config.backend == "python" and not config.platform
+    params = {k: v.string_value for k, v in config.parameters.items()}
+    assert params == {
+        "onnx_file": "model.onnx",
+        "intra_op_threads": "2",
+        "execution_providers": "CPUExecutionProvider",
+    }
+    assert list(config.input[0].dims) == [96, 96, 3]
+    assert config.model_warmup[0].inputs["IMAGE"].random_data
+
+
+def test_ensemble_has_no_scheduling_of_its_own():
+    config = _roundtrip(
+        ensemble_config(
+            image_size=64,
+            embedding_dim=256,
+            classes=["a", "b", "c"],
+            lineages=[{"name": "l", "classes": ["a", "b"], "targets": [0.0, 1.0], "boundaries": [0.5]}],
+            options=ServingOptions(max_batch_size=32),
+        )
+    )
+    assert config.platform == "ensemble" and config.max_batch_size == 32
+    assert not config.instance_group and not config.HasField("dynamic_batching") and not config.model_warmup
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (ServingOptions(runtime="tensorflow"), "choose one of: onnxruntime, python"),
+        (ServingOptions(tensorrt="int4", instance_kind="gpu"), "choose one of: fp16, fp32"),
+        (ServingOptions(runtime="python", tensorrt="fp16", instance_kind="gpu"), "needs --runtime"),
+        (ServingOptions(tensorrt="fp16"), "--instance-kind gpu"),
+        (ServingOptions(instance_kind="tpu"), "choose one of: cpu, gpu"),
+        (ServingOptions(max_batch_size=0), "max batch size 0"),
+        (ServingOptions(warmup_batch_sizes=(128,)), "warm-up batch sizes [128]"),
+    ],
+)
+def test_invalid_options_name_the_valid_choices(options, message):
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        options.validate()

@@ -1,0 +1,154 @@
+"""smr_postprocess run in-process (fake python backend utils) against PyTorch + scikit-learn + smr.core.
+
+The offline equivalence of the export issue: for a few hundred patches, the served pipeline
+(onnxruntime on the exported graph, then the exported model.py on its own vendored core) gives
+the same class, probabilities (1e-5) and curve positions (1e-5) as the PyTorch model, scikit-learn's
+``SVC.predict_proba`` and ``smr.core``'s projection.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import fake_triton_utils as fake
+import numpy as np
+import pytest
+
+from smr.core.curves_json import curves_from_json, project_all
+from smr.export.onnx_backbone import onnx_embed, ort_session
+
+
+@pytest.fixture(scope="module")
+def postprocess(repo64):
+    return fake.load_model(repo64, "smr_postprocess")
+
+
+@pytest.fixture(scope="module")
+def patches(run64):
+    """All 320 patches of the run (training and validation split)."""
+    return run64.images(run64.train + run64.val)
+
+
+def _sklearn_proba(svc, x):
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        return svc.predict_proba(x.astype(np.float64))
+
+
+def _run(model, batches):
+    responses = model.execute([fake.request(EMBEDDING=b) for b in batches])
+    assert len(responses) == len(batches)
+    return responses
+
+
+def test_offline_equivalence_with_pytorch_sklearn_and_core(repo64, run64, postprocess, patches):
+    images, _ = patches
+    assert len(images) >= 300
+    served_emb = onnx_embed(ort_session(repo64 / "smr_backbone/1/model.onnx"), images)
+    # requests of uneven sizes, batched into one execute as Triton's dynamic batcher would
+    cuts = [0, 1, 8, 72, 73, 200, len(images)]
+    responses = _run(postprocess, [served_emb[a:b] for a, b in zip(cuts[:-1], cuts[1:], strict=True)])
+    assert not any(r.has_error() for r in responses)
+    out = {name: np.concatenate([r.output(name) for r in responses]) for name in postprocess._module.OUTPUTS}
+
+    ref_emb = run64.reference_embeddings(run64.train + run64.val)
+    ref_proba = _sklearn_proba(run64.svc, ref_emb)
+    curves = curves_from_json(json.loads((run64.path / "curves.json").read_text()))
+    ref_t, ref_d = project_all(curves, ref_emb.astype(np.float64))
+
+    assert out["PROBABILITIES"].dtype == np.float32 and out["PROBABILITIES"].shape == ref_proba.shape
+    np.testing.assert_allclose(out["PROBABILITIES"], ref_proba, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(out["MATURITY"], ref_t, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(out["CURVE_DISTANCE"], ref_d, atol=1e-5, rtol=0)
+    # same class, except where the reference itself is a tie within the tolerance
+    top2 = np.sort(ref_proba, axis=1)[:, -2:]
+    decided = (top2[:, 1] - top2[:, 0]) > 2e-5
+    assert decided.mean() > 0.95
+    assert out["CLASS_ID"].shape == (len(images), 1) and out["CLASS_ID"].dtype == np.int32
+    np.testing.assert_array_equal(out["CLASS_ID"][decided, 0], ref_proba.argmax(axis=1)[decided])
+    # a classifier that is not constant, so that the comparison means something
+    assert len(np.unique(out["CLASS_ID"])) >= 3
+    assert np.ptp(out["MATURITY"], axis=0).min() > 0.05
+
+
+def test_metrics_count_cells_and_positions(repo64, run64, patches):
+    model = fake.load_model(repo64, "smr_postprocess")  # fresh counters
+    families = fake.MetricFamily.registry
+    images, _ = patches
+    emb = onnx_embed(ort_session(repo64 / "smr_backbone/1/model.onnx"), images[:50])
+    warmup = np.zeros((4, emb.shape[1]), np.float32)
+    responses = _run(model, [emb[:20], warmup, emb[20:]])
+    class_id = np.concatenate([responses[0].output("CLASS_ID"), responses[2].output("CLASS_ID")])[:, 0]
+    maturity = np.concatenate([responses[0].output("MATURITY"), responses[2].output("MATURITY")])
+
+    counts = families["smr_cells_classified_total"].by_label("class")
+    assert set(counts) == set(run64.classes)
+    for i, name in enumerate(run64.classes):
+        assert counts[name].value() == np.sum(class_id == i)  # the zero (warm-up) rows are not counted
+    positions = families["smr_curve_position"].by_label("lineage")
+    for li, lineage in enumerate(run64.spec.lineages):
+        members = np.isin(class_id, [run64.classes.index(c) for c in lineage.classes])
+        assert sorted(positions[lineage.name].observations) == pytest.approx(sorted(maturity[members, li]))
+        assert positions[lineage.name].buckets[-1] == 1.0
+    seconds = families["smr_postprocess_seconds"].metrics[0]
+    assert len(seconds.observations) == 1 and 0 < seconds.observations[0] < 5
+
+
+def test_bad_requests_get_invalid_argument_and_others_succeed(postprocess, run64):
+    good = np.random.default_rng(0).normal(size=(3, 256)).astype(np.float32)
+    nan = good.copy()
+    nan[1, 7] = np.nan
+    bad = {
+        "dtype": (fake.request(EMBEDDING=good.astype(np.float64)), "expected data type FP32, got float64"),
+        "rank": (fake.request(EMBEDDING=good[0]), "expected shape [batch, 256], got [256]"),
+        "size": (fake.request(EMBEDDING=good[:, :255]), "expected shape [batch, 256], got [3, 255]"),
+        "missing": (fake.request(IMAGE=good), "input tensor EMBEDDING is missing"),
+        "nan": (fake.request(EMBEDDING=nan), "NaN or infinite"),
+    }
+    requests = [fake.request(EMBEDDING=good)]
+    for req, _ in bad.values():
+        requests += [req, fake.request(EMBEDDING=good)]
+    responses = postprocess.execute(requests)
+    assert len(responses) == len(requests)
+    for k, (_, message) in enumerate(bad.values()):
+        err = responses[1 + 2 * k].error()
+        assert err is not None and message in err.message() and "EMBEDDING" in err.message()
+        assert err.code() == fake.TritonError.INVALID_ARG
+    reference = responses[0].output("PROBABILITIES")
+    for r in responses[::2]:
+        assert not r.has_error()
+        np.testing.assert_array_equal(r.output("PROBABILITIES"), reference)
+
+
+def test_tampered_repository_is_refused_at_load(repo64, tmp_path):
+    import shutil
+
+    repo = tmp_path / "repo"
+    shutil.copytree(repo64, repo)
+    curves = repo / "smr_postprocess/1/curves.json"
+    curves.write_text(curves.read_text() + " ")
+    with pytest.raises(ValueError, match=r"refusing to load.*smr_postprocess/1/curves\.json"):
+        fake.load_model(repo, "smr_postprocess")
+
+
+def test_config_that_disagrees_with_the_artifacts_is_refused(repo64, tmp_path):
+    import shutil
+
+    from smr.export.manifest import build_manifest, write_manifest
+    from smr.export.tensors import MODEL_NAMES
+
+    repo = tmp_path / "repo"
+    shutil.copytree(repo64, repo)
+    cfg = repo / "smr_postprocess/config.pbtxt"
+    text = cfg.read_text()
+    # PROBABILITIES is the first output; give it one column too many
+    n = text.index('name: "PROBABILITIES"')
+    head, tail = text[:n], text[n:]
+    dims_at = tail.index("dims: ")
+    end = tail.index("\n", dims_at)
+    tail = tail[:dims_at] + f"dims: {int(tail[dims_at + 6 : end]) + 1}" + tail[end:]
+    cfg.write_text(head + tail)
+    write_manifest(repo, build_manifest(repo, list(MODEL_NAMES)))
+    with pytest.raises(ValueError, match="PROBABILITIES"):
+        fake.load_model(repo, "smr_postprocess")

@@ -1,0 +1,241 @@
+"""The exported repository: layout, configs, tensor-name agreement, manifest, tamper detection."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import onnx
+import pytest
+
+from smr.export import tensors as T
+from smr.export.check import check_repository
+from smr.export.manifest import MANIFEST_FILE, ManifestError, sha256_file, verify_manifest, write_manifest
+from smr.export.pbtxt import parse_config
+from smr.export.repository import ExportOptions, export_repository
+from smr.train.rundir import RunDirError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def repo_copy(repo64, tmp_path) -> Path:
+    dest = tmp_path / "repo"
+    shutil.copytree(repo64, dest)
+    return dest
+
+
+def _reseal(repo: Path, rel: str) -> None:
+    """Update the manifest's hash of ``rel``, so that only the other checks can catch a change."""
+    doc = json.loads((repo / MANIFEST_FILE).read_text())
+    doc["files"][rel]["sha256"] = sha256_file(repo / rel)
+    write_manifest(repo, doc)
+
+
+@pytest.mark.parametrize("fixture", ["repo64", "repo224_python"])
+def test_fresh_export_passes_check(fixture, request):
+    repo = request.getfixturevalue(fixture)
+    result = check_repository(repo)
+    assert result.problems == []
+    verify_manifest(repo)
+
+
+def test_layout_and_manifest_cover_every_file(repo64, run64):
+    files = sorted(p.relative_to(repo64).as_posix() for p in repo64.rglob("*") if p.is_file())
+    manifest = json.loads((repo64 / MANIFEST_FILE).read_text())
+    assert sorted(manifest["files"]) == [f for f in files if f != MANIFEST_FILE]
+    for rel, entry in manifest["files"].items():
+        assert entry["sha256"] == sha256_file(repo64 / rel)
+    for name in T.MODEL_NAMES:
+        assert (repo64 / name / "1").is_dir()
+    # the run it came from, and the artifacts are byte copies of the run's
+    assert manifest["run"]["path"] == str(run64.path.resolve())
+    assert manifest["run"]["config_sha256"] == sha256_file(run64.path / "config.json")
+    assert sha256_file(repo64 / "smr_postprocess/1/curves.json") == sha256_file(run64.path / "curves.json")
+    assert sha256_file(repo64 / "smr_postprocess/1/svm.json") == sha256_file(run64.path / "svm.json")
+    assert set(manifest["versions"]) >= {"smr", "torch", "onnx", "onnxruntime"}
+    # the vendored core is the installed smr.core, file for file
+    core = Path(__import__("smr.core").core.__file__).parent
+    for src in core.glob("*.py"):
+        assert (repo64 / "smr_postprocess/1/smr_core" / src.name).read_bytes() == src.read_bytes()
+    # no code in the data files: the served artifacts are JSON, ONNX and python sources only
+    suffixes = {Path(f).suffix for f in manifest["files"]}
+    assert suffixes <= {".pbtxt", ".onnx", ".py", ".json"}
+
+
+def test_names_agree_between_graph_configs_and_ensemble(repo64, run64):
+    """Independent of check.py: read each file and compare with DESIGN.md's table directly."""
+    n_classes, n_lineages = len(run64.classes), len(run64.spec.lineages)
+    design = {  # DESIGN.md, "Serving contract"
+        "IMAGE": ("TYPE_UINT8", [64, 64, 3]),
+        "PROBABILITIES": ("TYPE_FP32", [n_classes]),
+        "CLASS_ID": ("TYPE_INT32", [1]),
+        "MATURITY": ("TYPE_FP32", [n_lineages]),
+        "CURVE_DISTANCE": ("TYPE_FP32", [n_lineages]),
+        "EMBEDDING": ("TYPE_FP32", [256]),
+    }
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    def io(tensors):
+        return {t.name: (mc.DataType.Name(t.data_type), list(t.dims)) for t in tensors}
+
+    ens = parse_config(repo64 / "smr/config.pbtxt")
+    bb = parse_config(repo64 / "smr_backbone/config.pbtxt")
+    pp = parse_config(repo64 / "smr_postprocess/config.pbtxt")
+    assert io(ens.input) == {"IMAGE": design["IMAGE"]}
+    assert io(ens.output) == {k: v for k, v in design.items() if k != "IMAGE"}
+    assert io(bb.input) == {"IMAGE": design["IMAGE"]}
+    assert io(bb.output) == {"EMBEDDING": design["EMBEDDING"]}
+    assert io(pp.input) == {"EMBEDDING": design["EMBEDDING"]}
+    assert set(io(pp.output)) == {"PROBABILITIES", "CLASS_ID", "MATURITY", "CURVE_DISTANCE"}
+    graph = onnx.load(str(repo64 / "smr_backbone/1/model.onnx"))
+    assert [i.name for i in graph.graph.input] == ["IMAGE"]
+    assert [o.name for o in graph.graph.output] == ["EMBEDDING"]
+    assert graph.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert graph.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # dynamic batch
+    steps = {s.model_name: s for s in ens.ensemble_scheduling.step}
+    assert dict(steps["smr_backbone"].input_map) == {"IMAGE": "IMAGE"}
+    assert dict(steps["smr_backbone"].output_map) == {"EMBEDDING": "EMBEDDING"}
+    assert dict(steps["smr_postprocess"].input_map) == {"EMBEDDING": "EMBEDDING"}
+    assert dict(steps["smr_postprocess"].output_map) == {k: k for k in io(pp.output)}
+    # metadata for clients, scheduling
+    params = {k: v.string_value for k, v in ens.parameters.items()}
+    assert json.loads(params["classes"]) == run64.classes
+    lineages = json.loads(params["lineages"])
+    assert [lin["name"] for lin in lineages] == [lin.name for lin in run64.spec.lineages]
+    assert [lin["classes"] for lin in lineages] == [list(lin.classes) for lin in run64.spec.lineages]
+    curves = json.loads((run64.path / "curves.json").read_text())["lineages"]
+    assert [lin["boundaries"] for lin in lineages] == [c["boundaries"] for c in curves]
+    assert params["image_size"] == "64"
+    assert bb.platform == "onnxruntime_onnx" and pp.backend == "python"
+    for cfg in (ens, bb, pp):
+        assert cfg.max_batch_size == 64
+    for cfg in (bb, pp):
+        assert cfg.dynamic_batching.max_queue_delay_microseconds == 500
+        assert [g.kind for g in cfg.instance_group] == [mc.ModelInstanceGroup.KIND_CPU]
+        assert [w.batch_size for w in cfg.model_warmup] == [1]
+
+
+def test_python_runtime_layout(repo224_python):
+    bb = parse_config(repo224_python / "smr_backbone/config.pbtxt")
+    assert bb.backend == "python" and not bb.platform
+    assert bb.max_batch_size == 8
+    assert (repo224_python / "smr_backbone/1/model.py").is_file()
+    assert (repo224_python / "smr_backbone/1/model.onnx").is_file()
+    assert list(parse_config(repo224_python / "smr/config.pbtxt").input[0].dims) == [224, 224, 3]
+
+
+def test_tampered_file_is_named(repo_copy):
+    path = repo_copy / "smr_postprocess/1/svm.json"
+    path.write_text(path.read_text().replace("0", "1", 1))
+    problems = check_repository(repo_copy).problems
+    assert any(p.startswith("smr_postprocess/1/svm.json: contents changed") for p in problems), problems
+    with pytest.raises(ManifestError, match="smr_postprocess/1/svm.json"):
+        verify_manifest(repo_copy)
+
+
+def test_missing_and_added_files_are_named(repo_copy):
+    (repo_copy / "smr_postprocess/1/smr_core/targets.py").unlink()
+    (repo_copy / "smr_backbone/2").mkdir()
+    (repo_copy / "smr_backbone/2/model.onnx").write_bytes(b"x")
+    problems = check_repository(repo_copy).problems
+    assert any(
+        "smr_postprocess/1/smr_core/targets.py: listed in MANIFEST.json but missing" in p for p in problems
+    )
+    assert any("smr_backbone/2/model.onnx: not listed" in p for p in problems)
+
+
+def test_python_byte_code_is_not_a_problem(repo_copy):
+    (repo_copy / "smr_postprocess/1/__pycache__").mkdir()
+    (repo_copy / "smr_postprocess/1/__pycache__/model.cpython-311.pyc").write_bytes(b"\0")
+    assert check_repository(repo_copy).problems == []
+
+
+def test_renamed_tensor_is_caught_even_with_a_resealed_manifest(repo_copy):
+    rel = "smr/config.pbtxt"
+    text = (repo_copy / rel).read_text()
+    (repo_copy / rel).write_text(text.replace('value: "PROBABILITIES"', 'value: "PROBS"'))
+    _reseal(repo_copy, rel)
+    problems = check_repository(repo_copy).problems
+    assert any("output 'PROBABILITIES' is produced by no step" in p for p in problems), problems
+
+    rel = "smr_postprocess/config.pbtxt"
+    text = (repo_copy / rel).read_text()
+    (repo_copy / rel).write_text(text.replace('name: "MATURITY"', 'name: "MATURITY_T"'))
+    _reseal(repo_copy, rel)
+    problems = check_repository(repo_copy).problems
+    assert any(p.startswith("smr_postprocess/config.pbtxt outputs") and "MATURITY_T" in p for p in problems)
+
+
+def test_wrong_shape_and_unparsable_config_are_caught(repo_copy):
+    rel = "smr_backbone/config.pbtxt"
+    text = (repo_copy / rel).read_text()
+    (repo_copy / rel).write_text(text.replace("dims: 256", "dims: 128", 1))
+    _reseal(repo_copy, rel)
+    problems = check_repository(repo_copy).problems
+    assert any("smr_backbone/config.pbtxt outputs: EMBEDDING is TYPE_FP32 [128]" in p for p in problems), (
+        problems
+    )
+
+    rel = "smr_postprocess/config.pbtxt"
+    (repo_copy / rel).write_text((repo_copy / rel).read_text() + "\nmax_batch_sise: 4\n")
+    _reseal(repo_copy, rel)
+    problems = check_repository(repo_copy).problems
+    assert any(
+        p.startswith(str(repo_copy / rel)) and "not a valid Triton model config" in p for p in problems
+    )
+
+
+def test_svm_classes_must_match_the_ensemble(repo_copy):
+    rel = "smr_postprocess/1/svm.json"
+    doc = json.loads((repo_copy / rel).read_text())
+    doc["classes"] = list(reversed(doc["classes"]))
+    (repo_copy / rel).write_text(json.dumps(doc))
+    _reseal(repo_copy, rel)
+    problems = check_repository(repo_copy).problems
+    assert any(p.startswith("smr_postprocess/1/svm.json: classes") for p in problems), problems
+
+
+def test_failed_export_keeps_the_existing_repository(repo_copy, run64, tmp_path):
+    before = {p: p.read_bytes() for p in repo_copy.rglob("*") if p.is_file()}
+    broken = tmp_path / "broken_run"
+    shutil.copytree(run64.path, broken)
+    (broken / "curves.json").write_text("{not json")
+    with pytest.raises(RunDirError, match="curves.json"):
+        export_repository(broken, repo_copy, ExportOptions(), log=lambda _: None)
+    after = {p: p.read_bytes() for p in repo_copy.rglob("*") if p.is_file()}
+    assert after == before
+    assert not [p for p in repo_copy.iterdir() if p.name.startswith(".smr-")]
+
+
+def test_foreign_models_are_not_replaced(tmp_path, run64):
+    repo = tmp_path / "repo"
+    (repo / "smr_backbone").mkdir(parents=True)
+    (repo / "smr_backbone" / "config.pbtxt").write_text('name: "someone_elses"')
+    with pytest.raises(FileExistsError, match="--force"):
+        export_repository(run64.path, repo, ExportOptions(), log=lambda _: None)
+    assert (repo / "smr_backbone" / "config.pbtxt").read_text() == 'name: "someone_elses"'
+
+
+def test_exported_files_are_ignored_by_git(repo64):
+    """Exporting into model_repository/ must leave `git status` clean: every generated path is ignored."""
+    if shutil.which("git") is None or not (REPO_ROOT / ".git").exists():
+        pytest.fail("this test needs git and the SMR checkout")
+    rels = [p.relative_to(repo64).as_posix() for p in repo64.rglob("*") if p.is_file()]
+    rels += ["smr_postprocess/1/__pycache__/model.cpython-311.pyc", ".smr-export-abc/x"]
+    paths = [f"model_repository/{rel}" for rel in rels]
+    out = subprocess.run(
+        ["git", "check-ignore", "--no-index", "--stdin"],
+        cwd=REPO_ROOT,
+        input="\n".join(paths),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert sorted(out.stdout.split()) == sorted(paths)
+    readme = subprocess.run(
+        ["git", "check-ignore", "-q", "--no-index", "model_repository/README.md"], cwd=REPO_ROOT
+    )
+    assert readme.returncode == 1  # the README is committed
