@@ -1,5 +1,456 @@
-"""Sub-commands of this part (placeholder until the part lands)."""
+"""``smr classify``, ``smr score-slide`` and ``smr score-slides``: the SMR server from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+DEFAULT_URL = os.environ.get("SMR_URL", "127.0.0.1:8001")
+DEFAULT_MARGIN = 0.03  # kept equal to smr.clients.results.DEFAULT_MARGIN (imported lazily there)
+COMPRESSIONS = ("none", "gzip", "deflate")
 
 
-def add_parsers(subparsers) -> None:  # noqa: ARG001 - filled in by the part's implementation
-    return None
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be >= 1")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} must be >= 0")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} must be > 0")
+    return value
+
+
+def _margin(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value <= 0.5:
+        raise argparse.ArgumentTypeError(f"{text} must be in 0..0.5 (a distance in curve position t)")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _non_negative_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"{text} is not a TCP port (1-65535)")
+    return value
+
+
+def _add_server_args(p: argparse.ArgumentParser, *, metrics: bool = True) -> None:
+    g = p.add_argument_group("server")
+    g.add_argument(
+        "--url",
+        default=DEFAULT_URL,
+        metavar="HOST:PORT",
+        help="gRPC address of the SMR server (default: $SMR_URL or %(default)s)",
+    )
+    g.add_argument("--model", default="smr", help="name of the ensemble (default: %(default)s)")
+    g.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=120.0,
+        metavar="S",
+        help="seconds one request (a whole batch) may take (default: %(default)s)",
+    )
+    g.add_argument(
+        "--retries",
+        type=_non_negative_int,
+        default=4,
+        metavar="N",
+        help="retries with exponential back-off while the server is unavailable (default: %(default)s)",
+    )
+    g.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        metavar="B",
+        help="images per request (default and maximum: the server's max_batch_size)",
+    )
+    g.add_argument(
+        "--max-in-flight",
+        type=_positive_int,
+        default=4,
+        metavar="N",
+        help="requests awaiting an answer at once (default: %(default)s)",
+    )
+    g.add_argument(
+        "--compression",
+        choices=COMPRESSIONS,
+        default="none",
+        help="compress requests (default: %(default)s; gzip helps on slow networks)",
+    )
+    g.add_argument("--ssl", action="store_true", help="connect with TLS")
+    g.add_argument(
+        "--root-certs", metavar="PEM", help="CA certificates to trust (with --ssl; default: the system's)"
+    )
+    g.add_argument(
+        "--client-key", metavar="PEM", help="private key for client-certificate TLS (with --client-cert)"
+    )
+    g.add_argument("--client-cert", metavar="PEM", help="certificate chain for client-certificate TLS")
+    g.add_argument(
+        "--margin",
+        type=_margin,
+        default=DEFAULT_MARGIN,
+        metavar="T",
+        help="a cell within T (curve position) of a stage boundary is borderline (default: %(default)s)",
+    )
+    if metrics:
+        g.add_argument(
+            "--metrics-port",
+            type=_port,
+            metavar="PORT",
+            help="serve client metrics for Prometheus on this port (/metrics)",
+        )
+
+
+def _add_geometry_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("patches")
+    res = g.add_mutually_exclusive_group()
+    res.add_argument(
+        "--mpp",
+        type=_positive_float,
+        metavar="UM",
+        help="microns per pixel the model expects; the best pyramid level is read and rescaled "
+        "(default: level 0 as it is)",
+    )
+    res.add_argument("--level", type=_non_negative_int, metavar="N", help="read this pyramid level as it is")
+    g.add_argument(
+        "--slide-mpp",
+        type=_positive_float,
+        metavar="UM",
+        help="the slide's microns per pixel at level 0, when its file does not say",
+    )
+
+
+def _add_output_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--restart",
+        "--overwrite",
+        dest="restart",
+        action="store_true",
+        help="discard the results of an earlier run in the output folder and score again",
+    )
+    p.add_argument(
+        "--gallery",
+        type=_non_negative_int,
+        default=36,
+        metavar="N",
+        help="borderline cells shown in the report (default: %(default)s)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def add_parsers(subparsers) -> None:
+    classify = subparsers.add_parser(
+        "classify",
+        help="classify cell images with an SMR server",
+        description="Classify cell patches (image files, or folders searched recursively) with an SMR "
+        "server: class, probability, position on the lineage's maturation curve, the stage read from the "
+        "curve and a borderline flag. Prints a table; --out writes CSV or JSON (by extension).",
+    )
+    classify.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
+    classify.add_argument("--out", metavar="FILE", help="write the results to FILE (.csv or .json)")
+    classify.add_argument(
+        "--resize",
+        action="store_true",
+        help="resize images of another size to the server's (default: refuse them)",
+    )
+    classify.add_argument("--embeddings", action="store_true", help="include the embeddings in --out JSON")
+    classify.add_argument("--quiet", action="store_true", help="no table on screen")
+    _add_server_args(classify, metrics=False)
+    classify.set_defaults(func=run_classify)
+
+    slide = subparsers.add_parser(
+        "score-slide",
+        help="score every detected cell of a whole slide and write a differential-count report",
+        description="Crop a patch around each detection of a slide (SVS, NDPI, pyramidal TIFF, MRXS with "
+        "OpenSlide, PNG/JPEG), classify them with an SMR server and write OUT/cells.csv, OUT/cells.geojson "
+        "(QuPath import), OUT/report.html and OUT/summary.json. Interrupted, the same command continues "
+        "where it stopped.",
+    )
+    slide.add_argument("slide", metavar="SLIDE", help="the slide file")
+    slide.add_argument(
+        "--detections",
+        required=True,
+        metavar="FILE",
+        help="cell centres: CSV with x,y (and id, class) in level-0 pixels, or QuPath GeoJSON",
+    )
+    slide.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    slide.add_argument("--title", help="report title (default: the slide's name)")
+    _add_geometry_args(slide)
+    _add_output_args(slide)
+    _add_server_args(slide)
+    slide.set_defaults(func=run_score_slide)
+
+    slides = subparsers.add_parser(
+        "score-slides",
+        help="score many slides, a few at a time, and summarise them",
+        description="Score every slide of a folder (slide + detections found by name; see docs/clients.md) "
+        "or of a list file (lines 'slide,detections[,name]'), --parallel at a time, into OUT/<name>/, and "
+        "write OUT/summary.csv with one row per slide.",
+    )
+    slides.add_argument("source", metavar="LIST_OR_DIR", help="folder of slides, or a list file")
+    slides.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    slides.add_argument(
+        "--parallel",
+        type=_positive_int,
+        default=2,
+        metavar="N",
+        help="slides scored at once (default: %(default)s)",
+    )
+    _add_geometry_args(slides)
+    _add_output_args(slides)
+    _add_server_args(slides)
+    slides.set_defaults(func=run_score_slides)
+
+
+# -- running --------------------------------------------------------------------------------------
+
+
+def _fail(command: str, message: str, code: int = 2) -> int:
+    print(f"smr {command}: error: {message}", file=sys.stderr)
+    return code
+
+
+def make_client(args: argparse.Namespace, **extra):
+    """An :class:`SMRClient` from the server options (and metrics, when --metrics-port is given)."""
+    from smr.clients.errors import InputError
+    from smr.clients.metrics import ClientMetrics
+
+    metrics = None
+    if getattr(args, "metrics_port", None) is not None:
+        metrics = ClientMetrics()
+        try:
+            metrics.serve(args.metrics_port)
+        except OSError as exc:
+            raise InputError(f"--metrics-port {args.metrics_port}: cannot listen there ({exc})") from None
+    try:
+        return _client(args, metrics, extra)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+
+
+def _client(args: argparse.Namespace, metrics, extra: dict):
+    from smr.clients.client import SMRClient
+
+    return SMRClient(
+        args.url,
+        model=args.model,
+        timeout=args.timeout,
+        retries=args.retries,
+        ssl=args.ssl or bool(args.root_certs or args.client_cert),
+        root_certificates=args.root_certs,
+        private_key=args.client_key,
+        certificate_chain=args.client_cert,
+        compression=args.compression,
+        batch_size=args.batch_size,
+        max_in_flight=args.max_in_flight,
+        margin=args.margin,
+        metrics=metrics,
+        **extra,
+    )
+
+
+def run_classify(args: argparse.Namespace) -> int:
+    from smr.clients.errors import SMRClientError
+    from smr.clients.images import find_images, load_image
+
+    out = Path(args.out) if args.out else None
+    if out is not None and out.suffix.lower() not in (".csv", ".json"):
+        return _fail("classify", f"--out {out}: unknown format {out.suffix!r}; valid: .csv, .json")
+    try:
+        files = find_images(args.paths)
+        if not files:
+            return _fail("classify", "no image files found in " + ", ".join(args.paths))
+        with make_client(args, resize=args.resize, embeddings=args.embeddings) as client:
+            size = client.info.image_size
+            images = []
+            for f in files:
+                image = load_image(f)
+                if not args.resize and image.shape[:2] != (size, size):
+                    return _fail(
+                        "classify",
+                        f"{f}: size {image.shape[1]}x{image.shape[0]} but the server "
+                        f"expects {size}x{size}; pass --resize to resize",
+                    )
+                images.append(image)
+            cells = client.classify(images, progress=len(images) > 256 and not args.quiet)
+    except SMRClientError as exc:
+        return _fail("classify", str(exc), 2 if isinstance(exc, ValueError) else 1)
+    except ValueError as exc:
+        return _fail("classify", str(exc))
+    if not args.quiet:
+        print(format_table(files, cells))
+    if out is not None:
+        from smr.clients.outputs import write_classify_output
+
+        write_classify_output(out, files, cells)
+        print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+def format_table(files, cells) -> str:
+    """The classify results as a fixed-width table."""
+    rows = [("file", "class", "prob", "lineage", "position", "curve stage", "borderline")]
+    for f, c in zip(files, cells, strict=True):
+        rows.append(
+            (
+                str(f),
+                c.class_name,
+                f"{c.probability:.3f}",
+                c.lineage or "-",
+                "-" if c.position is None else f"{c.position:.3f}",
+                c.stage_estimate or "-",
+                c.borderline_reason if c.borderline else "",
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _print_slide_summary(score) -> None:
+    from smr.clients.summary import format_count
+
+    print(format_count(score.count, score.reference))
+    c = score.count
+    me = "n/a" if c.me_ratio is None else f"{c.me_ratio:.2f}"
+    blasts = "n/a" if c.blast_percentage is None else f"{c.blast_percentage:.1f} %"
+    print(
+        f"{score.slide.name}: {c.total} cells scored, {len(score.outside_ids)} outside the slide, "
+        f"M:E {me}, blasts {blasts}, {c.borderline} borderline"
+    )
+    if c.low_count:
+        print(
+            f"warning: only {c.total} cells counted (fewer than 500); the differential count is weak",
+            file=sys.stderr,
+        )
+    print(f"report: {score.paths['report']}")
+
+
+def run_score_slide(args: argparse.Namespace) -> int:
+    from smr.clients.errors import InputError, SMRClientError
+    from smr.clients.scoring import ScoringInterrupted, score_slide
+
+    try:
+        with make_client(args) as client:
+            score = score_slide(
+                args.slide,
+                args.detections,
+                args.out,
+                client,
+                mpp=args.mpp,
+                level=args.level,
+                slide_mpp=args.slide_mpp,
+                restart=args.restart,
+                progress=not args.no_progress,
+                gallery=args.gallery,
+                title=args.title,
+            )
+    except InputError as exc:
+        return _fail("score-slide", str(exc))
+    except ScoringInterrupted as exc:
+        return _fail("score-slide", str(exc), 1)
+    except SMRClientError as exc:
+        return _fail(
+            "score-slide", f"{exc}\nnothing was scored; run the same command again once the server is up", 1
+        )
+    _print_slide_summary(score)
+    return 0
+
+
+def run_score_slides(args: argparse.Namespace) -> int:
+    from smr.clients.batch import find_jobs, run_jobs, summary_rows, write_summary
+    from smr.clients.errors import InputError, SMRClientError
+    from smr.clients.scoring import score_slide
+
+    out = Path(args.out)
+    try:
+        jobs, skipped = find_jobs(args.source)
+    except InputError as exc:
+        return _fail("score-slides", str(exc))
+    for s in skipped:
+        print(f"skipped {s}", file=sys.stderr)
+    try:
+        client = make_client(args)
+        info = client.info
+    except SMRClientError as exc:
+        return _fail("score-slides", str(exc), 1)
+    out.mkdir(parents=True, exist_ok=True)
+    per_slide_bars = args.parallel == 1 and not args.no_progress
+
+    def score(job):
+        return score_slide(
+            job.slide,
+            job.detections,
+            out / job.name,
+            client,
+            mpp=args.mpp,
+            level=args.level,
+            slide_mpp=args.slide_mpp,
+            restart=args.restart,
+            progress=per_slide_bars,
+            gallery=args.gallery,
+        )
+
+    bar = None
+    if not args.no_progress and not per_slide_bars:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(jobs), unit="slide", desc="slides", dynamic_ncols=True)
+
+    def done(outcome) -> None:
+        if bar is not None:
+            bar.update(1)
+        if not outcome.ok:
+            msg = f"{outcome.job.name}: failed: {outcome.error}"
+            (bar.write if bar is not None else print)(msg, file=sys.stderr)
+
+    try:
+        outcomes = run_jobs(jobs, score, parallel=args.parallel, on_done=done)
+    finally:
+        if bar is not None:
+            bar.close()
+        client.close()
+    rows = summary_rows(outcomes, info)
+    csv_path, _ = write_summary(out, rows)
+    print(format_summary(rows))
+    print(f"summary: {csv_path}")
+    failed = [o for o in outcomes if not o.ok]
+    if failed:
+        print(
+            f"{len(failed)} of {len(outcomes)} slides failed; run the same command again to continue them",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def format_summary(rows) -> str:
+    cols = ("name", "status", "cells", "outside", "me_ratio", "blast_pct", "borderline")
+    table = [cols] + [tuple(str(r.get(c, "")) for c in cols) for r in rows]
+    widths = [max(len(r[i]) for r in table) for i in range(len(cols))]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in table)

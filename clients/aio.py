@@ -1,0 +1,198 @@
+"""``AsyncSMRClient``: the asyncio variant of :class:`~smr.clients.client.SMRClient`.
+
+For services that already run an event loop (web back-ends, async pipelines). Same options, same
+results; requests in flight are bounded by a semaphore instead of a thread pool::
+
+    async with AsyncSMRClient("127.0.0.1:8001") as client:
+        cells = await client.classify(images)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from .client import (
+    DEADLINE,
+    DEFAULT_URL,
+    INPUT,
+    MAX_MESSAGE_BYTES,
+    UNAVAILABLE,
+    ConnectionOptions,
+    parse_outputs,
+    request_error,
+    requested_output_names,
+    status_of,
+    unavailable_error,
+)
+from .errors import ModelConfigError
+from .images import stack_images
+from .metrics import ClientMetrics
+from .model_info import ModelInfo, model_info_from_config
+from .results import DEFAULT_MARGIN, BatchOutputs, CellResult, cells_from_outputs
+
+__all__ = ["AsyncSMRClient"]
+
+
+class AsyncSMRClient:
+    """An asyncio client of the ``smr`` ensemble; arguments as for :class:`~smr.clients.client.SMRClient`."""
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        *,
+        model: str = "smr",
+        timeout: float = 120.0,
+        retries: int = 4,
+        backoff: float = 0.5,
+        ssl: bool = False,
+        root_certificates: str | None = None,
+        private_key: str | None = None,
+        certificate_chain: str | None = None,
+        compression: str | None = None,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+        batch_size: int | None = None,
+        max_in_flight: int = 4,
+        resize: bool = False,
+        margin: float = DEFAULT_MARGIN,
+        embeddings: bool = False,
+        metrics: ClientMetrics | None = None,
+    ) -> None:
+        import tritonclient.grpc.aio as aioclient
+
+        self.options = ConnectionOptions(
+            url=url,
+            model=model,
+            timeout=timeout,
+            retries=retries,
+            backoff=backoff,
+            ssl=ssl,
+            root_certificates=root_certificates,
+            private_key=private_key,
+            certificate_chain=certificate_chain,
+            compression=compression,
+            max_message_bytes=max_message_bytes,
+        )
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
+        self.requested_batch_size = batch_size
+        self.max_in_flight = max_in_flight
+        self.resize = resize
+        self.margin = margin
+        self.embeddings = embeddings
+        self.metrics = metrics
+        self._aio = aioclient
+        self._grpc = aioclient.InferenceServerClient(**self.options.client_kwargs())
+        self._info: ModelInfo | None = None
+        self._outputs: list | None = None  # known once the server's config is (see infer)
+
+    async def _with_retries(self, call: Callable[[], Awaitable[Any]], what: str) -> Any:
+        from tritonclient.utils import InferenceServerException
+
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                return await call()
+            except InferenceServerException as exc:
+                status = status_of(exc)
+                if status == UNAVAILABLE and attempts <= self.options.retries:
+                    if self.metrics is not None:
+                        self.metrics.retries.inc()
+                    await asyncio.sleep(self.options.backoff_delay(attempts - 1))
+                    continue
+                if self.metrics is not None:
+                    self.metrics.request_errors.labels(
+                        status=status.replace("StatusCode.", "") or "UNKNOWN"
+                    ).inc()
+                if status in (UNAVAILABLE, DEADLINE):
+                    raise unavailable_error(self.options, exc, attempts) from None
+                raise request_error(self.options, exc, what) from None
+
+    async def get_info(self) -> ModelInfo:
+        """Classes, lineages, image size and batch limit, fetched from the server on first use."""
+        if self._info is None:
+            config = await self._with_retries(
+                lambda: self._grpc.get_model_config(
+                    self.options.model, as_json=True, client_timeout=self.options.timeout
+                ),
+                f"the configuration of model {self.options.model!r}",
+            )
+            info = model_info_from_config(config)
+            if info.name != self.options.model:
+                raise ModelConfigError(f"asked for model {self.options.model!r}, got {info.name!r}")
+            self._info = info
+        return self._info
+
+    async def get_batch_size(self) -> int:
+        limit = (await self.get_info()).max_batch_size
+        return limit if self.requested_batch_size is None else min(self.requested_batch_size, limit)
+
+    async def infer(self, batch: np.ndarray) -> BatchOutputs:
+        """One request: a checked (N, H, W, 3) uint8 batch with N <= the server's ``max_batch_size``."""
+        info = await self.get_info()
+        n = len(batch)
+        if n > info.max_batch_size:
+            raise ValueError(f"batch of {n} exceeds the server's max_batch_size {info.max_batch_size}")
+        if self._outputs is None:
+            names = requested_output_names(info, embeddings=self.embeddings)
+            self._outputs = [self._aio.InferRequestedOutput(name) for name in names]
+        outputs = self._outputs
+        inp = self._aio.InferInput(INPUT, list(batch.shape), "UINT8")
+        inp.set_data_from_numpy(np.ascontiguousarray(batch, dtype=np.uint8))
+        start = time.perf_counter()
+        result = await self._with_retries(
+            lambda: self._grpc.infer(
+                self.options.model,
+                [inp],
+                outputs=outputs,
+                client_timeout=self.options.timeout,
+                compression_algorithm=self.options.grpc_compression,
+            ),
+            f"a batch of {n} images",
+        )
+        if self.metrics is not None:
+            self.metrics.request_latency.observe(time.perf_counter() - start)
+            self.metrics.requests.inc()
+            self.metrics.cells_scored.inc(n)
+        return parse_outputs(result, n, info, embeddings=self.embeddings)
+
+    async def classify(self, images: Sequence[np.ndarray]) -> list[CellResult]:
+        """Classify uint8 RGB arrays; results in input order (see :meth:`SMRClient.classify`)."""
+        info = await self.get_info()
+        size = await self.get_batch_size()
+        gate = asyncio.Semaphore(self.max_in_flight)
+
+        async def one(start: int) -> BatchOutputs:
+            async with gate:
+                chunk = stack_images(
+                    images[start : start + size], info.image_size, resize=self.resize, offset=start
+                )
+                return await self.infer(chunk)
+
+        tasks = [asyncio.ensure_future(one(s)) for s in range(0, len(images), size)]
+        try:
+            parts = await asyncio.gather(*tasks)
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        if not parts:
+            return []
+        return cells_from_outputs(info, BatchOutputs.concatenate(list(parts)), margin=self.margin)
+
+    async def close(self) -> None:
+        await self._grpc.close()
+
+    async def __aenter__(self) -> AsyncSMRClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

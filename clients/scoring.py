@@ -1,0 +1,413 @@
+"""Scoring a whole slide: crop every detection, classify, journal, then write cells.csv, GeoJSON and report.
+
+:func:`score_slide` is resumable: finished batches go to a journal (see :mod:`.journal`) and a
+run that was interrupted (killed, server gone) continues where it stopped. The final files are
+written only when every detection is accounted for, each atomically, and each lists every
+detection exactly once, in the order of the detections file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .atomic import atomic_write_text
+from .client import SMRClient
+from .detections import Detection, cells_feature_collection, read_detections
+from .errors import InputError, SMRClientError
+from .journal import Journal
+from .model_info import ModelInfo
+from .palette import class_colors
+from .patches import DEFAULT_BLOCK, PatchGeometry, crop_patch, inside, iter_patches, patch_geometry
+from .report import GalleryCell, ReportData, write_report
+from .results import CellResult, cells_from_outputs
+from .slides import Slide, open_slide
+from .summary import DifferentialCount, differential_count
+
+__all__ = [
+    "CELLS_CSV",
+    "CELLS_GEOJSON",
+    "REPORT_HTML",
+    "SUMMARY_JSON",
+    "ScoringInterrupted",
+    "SlideScore",
+    "score_slide",
+    "cell_records",
+    "cell_fields",
+]
+
+CELLS_CSV = "cells.csv"
+CELLS_GEOJSON = "cells.geojson"
+REPORT_HTML = "report.html"
+SUMMARY_JSON = "summary.json"
+DEFAULT_GALLERY = 36
+_RESULT_FIELDS = (
+    "class",
+    "probability",
+    "lineage",
+    "position",
+    "distance",
+    "stage_estimate",
+    "borderline",
+    "borderline_reason",
+)
+
+
+class ScoringInterrupted(SMRClientError):
+    """Scoring stopped before every cell was scored; what was scored is kept in the journal."""
+
+    def __init__(self, message: str, *, scored: int, total: int, journal: Path) -> None:
+        super().__init__(message)
+        self.scored = scored
+        self.total = total
+        self.journal = journal
+
+
+@dataclass
+class SlideScore:
+    """What :func:`score_slide` produced."""
+
+    out_dir: Path
+    slide: Path
+    detections: int
+    scored: int
+    outside_ids: list[str]
+    resumed: int  # cells taken from the journal of an earlier run
+    seconds: float  # this run's inference wall time
+    count: DifferentialCount
+    reference: DifferentialCount | None  # from the detections' own labels, when they are served classes
+    info: ModelInfo
+    paths: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def cells_per_second(self) -> float:
+        fresh = self.scored - self.resumed
+        return fresh / self.seconds if self.seconds > 0 else float("nan")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def cell_fields(info: ModelInfo) -> list[str]:
+    """Columns of ``cells.csv``."""
+    return (
+        [
+            "id",
+            "x",
+            "y",
+            "status",
+            "class",
+            "probability",
+            "lineage",
+            "position",
+            "distance",
+            "stage_estimate",
+            "borderline",
+            "borderline_reason",
+            "reference_class",
+        ]
+        + [f"position_{lin.name}" for lin in info.lineages]
+        + [f"distance_{lin.name}" for lin in info.lineages]
+    )
+
+
+def cell_records(
+    info: ModelInfo, detections: Sequence[Detection], cells: dict[str, CellResult]
+) -> list[dict[str, Any]]:
+    """One record per detection, in detection order: scored cells and those outside the slide."""
+    records = []
+    for d in detections:
+        r: dict[str, Any] = {"id": d.id, "x": d.x, "y": d.y, "reference_class": d.label or ""}
+        cell = cells.get(d.id)
+        if cell is None:
+            r.update(dict.fromkeys(_RESULT_FIELDS, ""), status="outside")
+            for lin in info.lineages:
+                r[f"position_{lin.name}"] = r[f"distance_{lin.name}"] = ""
+        else:
+            r.update(
+                status="scored",
+                **{
+                    "class": cell.class_name,
+                    "probability": cell.probability,
+                    "lineage": cell.lineage or "",
+                    "position": "" if cell.position is None else cell.position,
+                    "distance": "" if cell.distance is None else cell.distance,
+                    "stage_estimate": cell.stage_estimate or "",
+                    "borderline": cell.borderline,
+                    "borderline_reason": cell.borderline_reason,
+                },
+            )
+            for p in cell.lineages:
+                r[f"position_{p.lineage}"] = p.position
+                r[f"distance_{p.lineage}"] = p.distance
+        records.append(r)
+    return records
+
+
+def _csv_text(fields: list[str], records: list[dict[str, Any]]) -> str:
+    import csv
+    import io
+
+    def fmt(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, float):
+            return f"{v:.6g}"
+        return str(v)
+
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(fields)
+    for r in records:
+        writer.writerow([fmt(r[f]) for f in fields])
+    return buf.getvalue()
+
+
+def _batches(
+    slide: Slide, detections: Sequence[Detection], todo: list[int], geom: PatchGeometry, size: int, block: int
+) -> Iterator[tuple[list[str], np.ndarray]]:
+    ids: list[str] = []
+    batch = np.empty((size, geom.size, geom.size, 3), dtype=np.uint8)
+    for i, patch in iter_patches(slide, detections, todo, geom, block=block):
+        batch[len(ids)] = patch
+        ids.append(detections[i].id)
+        if len(ids) == size:
+            yield ids, batch
+            ids, batch = [], np.empty_like(batch)
+    if ids:
+        yield ids, batch[: len(ids)]
+
+
+def _gallery(
+    info: ModelInfo,
+    slide: Slide,
+    detections: Sequence[Detection],
+    cells: dict[str, CellResult],
+    geom: PatchGeometry,
+    limit: int,
+) -> list[GalleryCell]:
+    """Up to ``limit`` borderline cells, closest to a stage boundary first, re-cropped from the slide."""
+    by_id = {d.id: d for d in detections}
+    boundaries = {lin.name: np.asarray(lin.boundaries) for lin in info.lineages}
+
+    def closeness(item: tuple[str, CellResult]) -> tuple[float, float]:
+        cell = item[1]
+        if cell.position is None or cell.lineage is None:
+            return (1.0, cell.probability)
+        return (float(np.min(np.abs(boundaries[cell.lineage] - cell.position))), cell.probability)
+
+    border = sorted(((i, c) for i, c in cells.items() if c.borderline), key=closeness)[:limit]
+    return [
+        GalleryCell(
+            i,
+            crop_patch(slide, by_id[i], geom),
+            c.class_name,
+            c.stage_estimate,
+            c.position,
+            c.borderline_reason,
+        )
+        for i, c in border
+    ]
+
+
+def score_slide(
+    slide_path: str | Path,
+    detections_path: str | Path,
+    out_dir: str | Path,
+    client: SMRClient,
+    *,
+    mpp: float | None = None,
+    level: int | None = None,
+    slide_mpp: float | None = None,
+    restart: bool = False,
+    progress: bool = True,
+    gallery: int = DEFAULT_GALLERY,
+    block: int = DEFAULT_BLOCK,
+    title: str | None = None,
+) -> SlideScore:
+    """Score every detection of one slide and write ``cells.csv``, ``cells.geojson``, ``report.html``.
+
+    Raises :class:`ScoringInterrupted` when the server stops answering (the journal keeps what
+    was scored; call again to continue) and :class:`~smr.clients.errors.InputError` for unusable
+    inputs, before anything is sent.
+    """
+    slide_path, detections_path, out_dir = Path(slide_path), Path(detections_path), Path(out_dir)
+    detections = read_detections(detections_path)
+    with contextlib.ExitStack() as stack:
+        slide = stack.enter_context(open_slide(slide_path))
+        info = client.info
+        geom = patch_geometry(slide, info.image_size, mpp=mpp, level=level, slide_mpp=slide_mpp)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        run = {
+            "slide": {
+                "name": slide_path.name,
+                "bytes": slide_path.stat().st_size,
+                "dimensions": list(slide.dimensions),
+            },
+            "detections": {
+                "name": detections_path.name,
+                "sha256": _sha256(detections_path),
+                "count": len(detections),
+            },
+            "geometry": geom.to_dict(),
+        }
+        journal = stack.enter_context(Journal.open(out_dir, info, run, restart=restart))
+        if restart:  # outputs of the discarded run must not outlive it
+            for name in (CELLS_CSV, CELLS_GEOJSON, REPORT_HTML, SUMMARY_JSON):
+                (out_dir / name).unlink(missing_ok=True)
+        on_slide = [i for i, d in enumerate(detections) if inside(slide, d)]
+        outside_ids = [d.id for d in detections if not inside(slide, d)]
+        todo = [i for i in on_slide if detections[i].id not in journal]
+        resumed = len(on_slide) - len(todo)
+
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(
+                total=len(on_slide),
+                initial=resumed,
+                unit=" cells",
+                desc=slide_path.name,
+                dynamic_ncols=True,
+                smoothing=0.1,
+            )
+        start = time.perf_counter()
+        try:
+            for ids, outputs in client.infer_batches(
+                _batches(slide, detections, todo, geom, client.batch_size, block)
+            ):
+                journal.append(ids, outputs)
+                if bar is not None:
+                    bar.update(len(ids))
+        except InputError as exc:  # the slide could not be read; retrying will not help
+            raise InputError(
+                f"{exc}\n{len(journal)} of {len(on_slide)} cells were scored before and are kept in "
+                f"{journal.csv_path}"
+            ) from exc
+        except SMRClientError as exc:
+            raise ScoringInterrupted(
+                f"{exc}\n{len(journal)} of {len(on_slide)} cells are scored and kept in {journal.csv_path}; "
+                "run the same command again to continue",
+                scored=len(journal),
+                total=len(on_slide),
+                journal=journal.csv_path,
+            ) from exc
+        finally:
+            if bar is not None:
+                bar.close()
+        seconds = time.perf_counter() - start
+
+        scored_ids = [detections[i].id for i in on_slide]
+        missing = [i for i in scored_ids if i not in journal]
+        if missing:  # cannot happen unless the journal was edited while we ran
+            raise InputError(
+                f"{journal.csv_path}: {len(missing)} cells missing after scoring; pass --restart"
+            )
+        results = cells_from_outputs(info, journal.outputs(scored_ids), margin=client.margin)
+        cells = dict(zip(scored_ids, results, strict=True))
+        records = cell_records(info, detections, cells)
+        scored = [cells[i] for i in scored_ids]
+        count = differential_count(
+            info,
+            [c.class_name for c in scored],
+            positions=[c.position for c in scored],
+            borderline=[c.borderline for c in scored],
+        )
+        labels = [detections[i].label for i in on_slide]
+        reference = None
+        if labels and all(lab in info.classes for lab in labels):
+            reference = differential_count(info, labels)
+        positions = {
+            lin.name: (
+                [c.position for c in scored if c.lineage == lin.name],
+                [c.class_name for c in scored if c.lineage == lin.name],
+            )
+            for lin in info.lineages
+        }
+        gallery_cells = _gallery(info, slide, detections, cells, geom, gallery)
+        slide_facts = {
+            "slide": f"{slide_path.name} ({slide.dimensions[0]} x {slide.dimensions[1]} px, "
+            f"{slide.level_count} level(s), {_mpp_text(slide.mpp)})",
+            "patches": f"{geom.size} px from level {geom.level} (region {geom.region} px"
+            f"{', ' + _mpp_text(geom.mpp) if geom.mpp else ''})",
+        }
+
+        paths = {
+            "cells_csv": out_dir / CELLS_CSV,
+            "geojson": out_dir / CELLS_GEOJSON,
+            "report": out_dir / REPORT_HTML,
+            "summary": out_dir / SUMMARY_JSON,
+        }
+        atomic_write_text(paths["cells_csv"], _csv_text(cell_fields(info), records))
+        geometries = {d.id: d.geometry for d in detections if d.geometry is not None}
+        collection = cells_feature_collection(
+            [r for r in records if r["status"] == "scored"],
+            geometries,
+            class_colors(info),
+            info.lineage_names,
+        )
+        atomic_write_text(paths["geojson"], json.dumps(collection) + "\n")
+        facts = {
+            **slide_facts,
+            "detections": f"{detections_path.name}: {len(detections)} ({len(outside_ids)} outside the slide)",
+            "server": f"{client.url}, model {info.name} ({len(info.classes)} classes, "
+            f"lineages {', '.join(info.lineage_names)})",
+            "borderline margin": f"{client.margin:g} in curve position",
+            "this run": f"{len(todo)} cells in {seconds:.1f} s"
+            + (f" ({len(todo) / seconds:.1f} cells/s)" if seconds > 0 and todo else "")
+            + (f"; {resumed} taken from an earlier run" if resumed else ""),
+        }
+        write_report(
+            paths["report"],
+            ReportData(
+                title=title or f"SMR report: {slide_path.name}",
+                info=info,
+                count=count,
+                positions=positions,
+                gallery=gallery_cells,
+                reference=reference,
+                outside_ids=outside_ids,
+                facts=facts,
+            ),
+        )
+        summary = {
+            "slide": str(slide_path),
+            "detections": len(detections),
+            "scored": len(scored_ids),
+            "outside": len(outside_ids),
+            "outside_ids": outside_ids,
+            "count": count.to_dict(),
+            "reference": None if reference is None else reference.to_dict(),
+        }
+        atomic_write_text(paths["summary"], json.dumps(summary, indent=2) + "\n")
+        return SlideScore(
+            out_dir=out_dir,
+            slide=slide_path,
+            detections=len(detections),
+            scored=len(scored_ids),
+            outside_ids=outside_ids,
+            resumed=resumed,
+            seconds=seconds,
+            count=count,
+            reference=reference,
+            info=info,
+            paths=paths,
+        )
+
+
+def _mpp_text(mpp: float | None) -> str:
+    return "resolution unknown" if mpp is None else f"{mpp:.3g} µm/px"
