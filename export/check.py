@@ -176,13 +176,13 @@ def check_repository(repository: str | Path) -> CheckResult:
         problems,
         f"{T.POSTPROCESS}/config.pbtxt inputs",
         _tensors(post.input),
-        T.backbone_outputs(embedding_dim),
+        T.postprocess_inputs(embedding_dim),
     )
     _compare(
         problems,
         f"{T.POSTPROCESS}/config.pbtxt outputs",
         _tensors(post.output),
-        T.postprocess_outputs(n_classes, n_lineages),
+        T.postprocess_outputs(n_classes, n_lineages, embedding_dim),
     )
 
     onnx_path = repo / T.BACKBONE / "1" / "model.onnx"
@@ -229,8 +229,10 @@ def check_repository(repository: str | Path) -> CheckResult:
             f"expected {[T.BACKBONE, T.POSTPROCESS]}"
         )
         return result
-    # every ensemble tensor is produced exactly once (an ensemble input or a step output) and
-    # every step reads/writes tensors its model declares
+    # every ensemble tensor is produced exactly once (an ensemble input or a step output), every
+    # step reads/writes tensors its model declares, and no step reads an ensemble output: Triton
+    # drops an ensemble output the client did not request, and a step waiting for it deadlocks
+    ensemble_outputs = {t.name for t in ensemble.output}
     produced = {t.name: f"ensemble input {t.name}" for t in ensemble.input}
     for step, config in zip(steps, (backbone, post), strict=True):
         declared_in = {t.name for t in config.input}
@@ -245,6 +247,12 @@ def check_repository(repository: str | Path) -> CheckResult:
                 problems.append(
                     f"{T.ENSEMBLE}/config.pbtxt: step {step.model_name} reads {ens_tensor!r}, "
                     "which no earlier step or ensemble input provides"
+                )
+            if ens_tensor in ensemble_outputs:
+                problems.append(
+                    f"{T.ENSEMBLE}/config.pbtxt: step {step.model_name} reads {ens_tensor!r}, which is "
+                    "also an ensemble output; a request that does not ask for it deadlocks (map the "
+                    "producing step's output to an internal tensor name)"
                 )
         if set(step.input_map) != declared_in:
             problems.append(
@@ -263,5 +271,12 @@ def check_repository(repository: str | Path) -> CheckResult:
     for t in ensemble.output:
         if t.name not in produced:
             problems.append(f"{T.ENSEMBLE}/config.pbtxt: output {t.name!r} is produced by no step")
+            continue
+        expected = f"{T.POSTPROCESS}.{T.ensemble_output_source(t.name)}"
+        if produced[t.name] != expected:
+            problems.append(
+                f"{T.ENSEMBLE}/config.pbtxt: output {t.name!r} comes from {produced[t.name]}, "
+                f"expected {expected}"
+            )
     result.facts["manifest"] = str(repo / MANIFEST_FILE)
     return result

@@ -158,12 +158,13 @@ def backbone_config(*, image_size: int, embedding_dim: int, options: ServingOpti
 def postprocess_config(
     *, embedding_dim: int, n_classes: int, n_lineages: int, options: ServingOptions
 ) -> mc.ModelConfig:
-    """``smr_postprocess``: SVM probabilities and curve projections (python backend, numpy)."""
+    """``smr_postprocess``: SVM probabilities and curve projections (python backend, numpy), and a
+    copy of its input as ``EMBEDDING_OUT`` (the ensemble's ``EMBEDDING``; see ``tensors``)."""
     options.validate()
     config = mc.ModelConfig(name=T.POSTPROCESS, backend="python", max_batch_size=options.max_batch_size)
-    inputs = T.backbone_outputs(embedding_dim)
+    inputs = T.postprocess_inputs(embedding_dim)
     _add_tensors(config.input, inputs)
-    _add_tensors(config.output, T.postprocess_outputs(n_classes, n_lineages))
+    _add_tensors(config.output, T.postprocess_outputs(n_classes, n_lineages, embedding_dim))
     config.parameters["curves_file"].string_value = "curves.json"
     config.parameters["svm_file"].string_value = "svm.json"
     config.parameters["manifest_file"].string_value = "../MANIFEST.json"
@@ -182,7 +183,10 @@ def ensemble_config(
     lineages: Sequence[dict[str, Any]],
     options: ServingOptions,
 ) -> mc.ModelConfig:
-    """``smr``: IMAGE -> smr_backbone -> EMBEDDING -> smr_postprocess, with the class/lineage metadata."""
+    """``smr``: IMAGE -> smr_backbone -> smr_postprocess -> outputs, with the class/lineage metadata.
+
+    Every ensemble output comes from ``smr_postprocess`` (``EMBEDDING`` from its ``EMBEDDING_OUT``).
+    """
     options.validate()
     config = mc.ModelConfig(name=T.ENSEMBLE, platform="ensemble", max_batch_size=options.max_batch_size)
     _add_tensors(config.input, T.backbone_inputs(image_size))
@@ -190,11 +194,13 @@ def ensemble_config(
     _add_tensors(config.output, outputs)
     backbone = config.ensemble_scheduling.step.add(model_name=T.BACKBONE, model_version=-1)
     backbone.input_map[T.IMAGE] = T.IMAGE
-    backbone.output_map[T.EMBEDDING] = T.EMBEDDING
+    # the backbone's embedding stays internal to the ensemble: an ensemble output that a later step
+    # also reads is dropped when a client does not request it, and the ensemble deadlocks
+    backbone.output_map[T.EMBEDDING] = T.BACKBONE_EMBEDDING
     post = config.ensemble_scheduling.step.add(model_name=T.POSTPROCESS, model_version=-1)
-    post.input_map[T.EMBEDDING] = T.EMBEDDING
-    for spec in T.postprocess_outputs(len(classes), len(lineages)):
-        post.output_map[spec.name] = spec.name
+    post.input_map[T.EMBEDDING] = T.BACKBONE_EMBEDDING
+    for spec in outputs:
+        post.output_map[T.ensemble_output_source(spec.name)] = spec.name
     config.parameters["classes"].string_value = json.dumps(list(classes))
     config.parameters["lineages"].string_value = json.dumps(list(lineages))
     config.parameters["image_size"].string_value = str(image_size)

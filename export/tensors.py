@@ -5,6 +5,13 @@ graph, every ``config.pbtxt`` and the ensemble maps cannot drift apart. The Trit
 (``smr.serving.triton_models``) cannot import this module (they run without the ``smr`` package);
 they read the names from their own ``config.pbtxt``, which ``smr export --check`` compares with
 this table.
+
+``EMBEDDING`` is both the backbone's output and an ensemble output, yet the ensemble does not
+route one tensor to both: an ensemble tensor that is an ensemble output *and* a later step's input
+is dropped by Triton when the client does not request that output, and the ensemble then fails
+with "unexpected deadlock, at least one output is not set". So the backbone's ``EMBEDDING`` goes to
+the ensemble-internal tensor ``backbone_embedding``, which feeds ``smr_postprocess``; the
+postprocess returns a copy as ``EMBEDDING_OUT``, and that is the ensemble's ``EMBEDDING``.
 """
 
 from __future__ import annotations
@@ -23,10 +30,14 @@ __all__ = [
     "CLASS_ID",
     "MATURITY",
     "CURVE_DISTANCE",
+    "EMBEDDING_OUT",
+    "BACKBONE_EMBEDDING",
     "backbone_inputs",
     "backbone_outputs",
+    "postprocess_inputs",
     "postprocess_outputs",
     "ensemble_outputs",
+    "ensemble_output_source",
 ]
 
 ENSEMBLE = "smr"
@@ -40,6 +51,8 @@ PROBABILITIES = "PROBABILITIES"
 CLASS_ID = "CLASS_ID"
 MATURITY = "MATURITY"
 CURVE_DISTANCE = "CURVE_DISTANCE"
+EMBEDDING_OUT = "EMBEDDING_OUT"  # smr_postprocess's copy of its input, the ensemble's EMBEDDING
+BACKBONE_EMBEDDING = "backbone_embedding"  # ensemble-internal: smr_backbone -> smr_postprocess
 
 
 @dataclass(frozen=True)
@@ -59,7 +72,11 @@ def backbone_outputs(embedding_dim: int) -> list[TensorSpec]:
     return [TensorSpec(EMBEDDING, "TYPE_FP32", (embedding_dim,))]
 
 
-def postprocess_outputs(n_classes: int, n_lineages: int) -> list[TensorSpec]:
+def postprocess_inputs(embedding_dim: int) -> list[TensorSpec]:
+    return [TensorSpec(EMBEDDING, "TYPE_FP32", (embedding_dim,))]
+
+
+def _classification_outputs(n_classes: int, n_lineages: int) -> list[TensorSpec]:
     return [
         TensorSpec(PROBABILITIES, "TYPE_FP32", (n_classes,)),
         TensorSpec(CLASS_ID, "TYPE_INT32", (1,)),
@@ -68,5 +85,19 @@ def postprocess_outputs(n_classes: int, n_lineages: int) -> list[TensorSpec]:
     ]
 
 
+def postprocess_outputs(n_classes: int, n_lineages: int, embedding_dim: int) -> list[TensorSpec]:
+    return _classification_outputs(n_classes, n_lineages) + [
+        TensorSpec(EMBEDDING_OUT, "TYPE_FP32", (embedding_dim,))
+    ]
+
+
 def ensemble_outputs(n_classes: int, n_lineages: int, embedding_dim: int) -> list[TensorSpec]:
-    return postprocess_outputs(n_classes, n_lineages) + backbone_outputs(embedding_dim)
+    """DESIGN.md's ensemble outputs, in its order."""
+    return _classification_outputs(n_classes, n_lineages) + [
+        TensorSpec(EMBEDDING, "TYPE_FP32", (embedding_dim,))
+    ]
+
+
+def ensemble_output_source(name: str) -> str:
+    """The ``smr_postprocess`` output that becomes ensemble output ``name`` (all of them do)."""
+    return EMBEDDING_OUT if name == EMBEDDING else name

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import numpy as np
 import onnxruntime as ort
@@ -43,6 +44,32 @@ def _as_array(tensor) -> np.ndarray:
         raise BadRequest(f"input tensor {tensor.name()}: unsupported data ({exc})") from None
 
 
+_DLPACK_CAPSULE_NOISE = "PyCapsule_GetPointer called with incorrect name"
+
+
+def _silence_dlpack_capsule_noise() -> None:
+    """Drop one harmless "Exception ignored" traceback that every response would otherwise print.
+
+    With numpy 2, the python backend stub of Triton 2.51 (the embedded server) consumes the DLPack
+    capsule of each output by a name numpy's capsule destructor does not expect; the destructor
+    then reports ``ValueError: PyCapsule_GetPointer called with incorrect name`` through
+    ``sys.unraisablehook`` although the tensor was already handed over intact. This wraps the
+    hook in place: exactly that message is dropped, everything else goes to the previous hook.
+    """
+    previous = sys.unraisablehook
+    if getattr(previous, "drops_dlpack_capsule_noise", False):
+        return
+
+    def hook(unraisable) -> None:
+        exc = unraisable.exc_value
+        if isinstance(exc, ValueError) and str(exc) == _DLPACK_CAPSULE_NOISE:
+            return
+        previous(unraisable)
+
+    hook.drops_dlpack_capsule_noise = True
+    sys.unraisablehook = hook
+
+
 def _output(name: str, array: np.ndarray):
     return pb_utils.Tensor.from_dlpack(name, np.ascontiguousarray(array))
 
@@ -58,6 +85,7 @@ class TritonPythonModel:
     """The ONNX backbone in an onnxruntime session: uint8 (N, H, W, 3) -> float32 (N, D)."""
 
     def initialize(self, args: dict) -> None:
+        _silence_dlpack_capsule_noise()
         config = json.loads(args["model_config"])
         self.model_name = args.get("model_name", "smr_backbone")
         version_dir = os.path.join(args["model_repository"], str(args.get("model_version", "1")))

@@ -6,6 +6,9 @@
 ``triton_python_backend_utils`` and those copies only, so it runs on a stock Triton image where
 the ``smr`` package is not installed (the python backend puts the version folder on ``sys.path``).
 
+It also returns its input unchanged as ``EMBEDDING_OUT``, the ensemble's ``EMBEDDING`` (see
+``smr.export.tensors`` for why the backbone's output is not the ensemble's directly).
+
 Per ``execute`` it stacks the embeddings of all requests into one batch, evaluates the RBF SVM
 and projects onto every lineage's curve once, and answers each request with its own rows. A
 request whose ``EMBEDDING`` has the wrong data type, rank, size or non-finite values gets an
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 
 import numpy as np
@@ -41,6 +45,10 @@ OUTPUTS = {  # name -> (Triton data type, numpy dtype)
     "CLASS_ID": ("TYPE_INT32", np.int32),
     "MATURITY": ("TYPE_FP32", np.float32),
     "CURVE_DISTANCE": ("TYPE_FP32", np.float32),
+    # a copy of the input: the ensemble's EMBEDDING output. The backbone's own output stays
+    # internal to the ensemble, since an ensemble output that a step also reads is dropped when a
+    # client does not request it, and the ensemble then deadlocks
+    "EMBEDDING_OUT": ("TYPE_FP32", np.float32),
 }
 POSITION_BUCKETS = [round(0.05 * i, 2) for i in range(1, 21)]
 SECONDS_BUCKETS = [1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 2.5]
@@ -65,6 +73,32 @@ def _as_array(tensor) -> np.ndarray:
         raise BadRequest(f"input tensor {tensor.name()}: unsupported data ({exc})") from None
 
 
+_DLPACK_CAPSULE_NOISE = "PyCapsule_GetPointer called with incorrect name"
+
+
+def _silence_dlpack_capsule_noise() -> None:
+    """Drop one harmless "Exception ignored" traceback that every response would otherwise print.
+
+    With numpy 2, the python backend stub of Triton 2.51 (the embedded server) consumes the DLPack
+    capsule of each output by a name numpy's capsule destructor does not expect; the destructor
+    then reports ``ValueError: PyCapsule_GetPointer called with incorrect name`` through
+    ``sys.unraisablehook`` although the tensor was already handed over intact. This wraps the
+    hook in place: exactly that message is dropped, everything else goes to the previous hook.
+    """
+    previous = sys.unraisablehook
+    if getattr(previous, "drops_dlpack_capsule_noise", False):
+        return
+
+    def hook(unraisable) -> None:
+        exc = unraisable.exc_value
+        if isinstance(exc, ValueError) and str(exc) == _DLPACK_CAPSULE_NOISE:
+            return
+        previous(unraisable)
+
+    hook.drops_dlpack_capsule_noise = True
+    sys.unraisablehook = hook
+
+
 def _output(name: str, array: np.ndarray):
     return pb_utils.Tensor.from_dlpack(name, np.ascontiguousarray(array))
 
@@ -80,6 +114,7 @@ class TritonPythonModel:
     """SVM probabilities and curve projections of a batch of embeddings (numpy only)."""
 
     def initialize(self, args: dict) -> None:
+        _silence_dlpack_capsule_noise()
         config = json.loads(args["model_config"])
         self.model_name = args.get("model_name", "smr_postprocess")
         model_dir = args["model_repository"]
@@ -140,6 +175,7 @@ class TritonPythonModel:
             "CLASS_ID": [1],
             "MATURITY": [len(self.curves)],
             "CURVE_DISTANCE": [len(self.curves)],
+            "EMBEDDING_OUT": [self.embedding_dim],
         }
         for name, (dtype, _) in OUTPUTS.items():
             got = [int(d) for d in outputs[name]["dims"]]
@@ -211,6 +247,9 @@ class TritonPythonModel:
             "CLASS_ID": probabilities.argmax(axis=1).astype(np.int32)[:, None],
             "MATURITY": t.astype(np.float32),
             "CURVE_DISTANCE": distance.astype(np.float32),
+            # a copy: X may be a read-only view of the request's input, which DLPack cannot export
+            # (BufferError)
+            "EMBEDDING_OUT": np.array(X, dtype=np.float32, copy=True),
         }
 
     def execute(self, requests):

@@ -55,6 +55,9 @@ class Tensor:
 
     @classmethod
     def from_dlpack(cls, name: str, capsule) -> Tensor:
+        if isinstance(capsule, np.ndarray) and not capsule.flags.writeable:
+            # the stub takes a legacy (unversioned) capsule, which cannot carry a read-only flag
+            raise BufferError(f"{name}: cannot export a read-only array through a legacy DLPack capsule")
         array = np.from_dlpack(capsule)
         if not array.flags.c_contiguous:
             raise TritonModelException(f"{name}: DLPack tensors must be contiguous")
@@ -191,7 +194,13 @@ def _as_module() -> types.ModuleType:
 
 
 def request(**tensors: np.ndarray) -> InferenceRequest:
-    return InferenceRequest([Tensor(name, array) for name, array in tensors.items()])
+    """A request whose inputs, like the server's, read back through DLPack as read-only views."""
+    inputs = []
+    for name, array in tensors.items():
+        array = np.array(array)
+        array.flags.writeable = False
+        inputs.append(Tensor(name, array))
+    return InferenceRequest(inputs)
 
 
 def load_model(repo: Path, model: str, version: str = "1"):

@@ -36,6 +36,7 @@ def test_postprocess_stays_on_cpu_and_warms_up_with_zeros():
         "CLASS_ID": [1],
         "MATURITY": [2],
         "CURVE_DISTANCE": [2],
+        "EMBEDDING_OUT": [256],
     }
 
 
@@ -65,6 +66,24 @@ def test_ensemble_has_no_scheduling_of_its_own():
     )
     assert config.platform == "ensemble" and config.max_batch_size == 32
     assert not config.instance_group and not config.HasField("dynamic_batching") and not config.model_warmup
+
+
+def test_no_step_reads_an_ensemble_output():
+    """An ensemble output that a step also reads is dropped when the client does not request it."""
+    config = ensemble_config(
+        image_size=64,
+        embedding_dim=8,
+        classes=["a", "b"],
+        lineages=[{"name": "l", "classes": ["a", "b"], "targets": [0.0, 1.0], "boundaries": [0.5]}],
+        options=ServingOptions(),
+    )
+    outputs = {o.name for o in config.output}
+    backbone, post = config.ensemble_scheduling.step
+    read = set(backbone.input_map.values()) | set(post.input_map.values())
+    assert not read & outputs
+    assert backbone.output_map["EMBEDDING"] == post.input_map["EMBEDDING"]
+    assert post.output_map["EMBEDDING_OUT"] == "EMBEDDING"
+    assert set(post.output_map.values()) == outputs
 
 
 @pytest.mark.parametrize(

@@ -67,6 +67,9 @@ def test_offline_equivalence_with_pytorch_sklearn_and_core(repo64, run64, postpr
     assert decided.mean() > 0.95
     assert out["CLASS_ID"].shape == (len(images), 1) and out["CLASS_ID"].dtype == np.int32
     np.testing.assert_array_equal(out["CLASS_ID"][decided, 0], ref_proba.argmax(axis=1)[decided])
+    # the ensemble's EMBEDDING is the postprocess's unchanged copy of its input
+    assert out["EMBEDDING_OUT"].dtype == np.float32
+    np.testing.assert_array_equal(out["EMBEDDING_OUT"], served_emb)
     # a classifier that is not constant, so that the comparison means something
     assert len(np.unique(out["CLASS_ID"])) >= 3
     assert np.ptp(out["MATURITY"], axis=0).min() > 0.05

@@ -13,7 +13,7 @@ import pytest
 from smr.export import tensors as T
 from smr.export.check import check_repository
 from smr.export.manifest import MANIFEST_FILE, ManifestError, sha256_file, verify_manifest, write_manifest
-from smr.export.pbtxt import parse_config
+from smr.export.pbtxt import parse_config, to_text
 from smr.export.repository import ExportOptions, export_repository
 from smr.train.rundir import RunDirError
 
@@ -89,7 +89,8 @@ def test_names_agree_between_graph_configs_and_ensemble(repo64, run64):
     assert io(bb.input) == {"IMAGE": design["IMAGE"]}
     assert io(bb.output) == {"EMBEDDING": design["EMBEDDING"]}
     assert io(pp.input) == {"EMBEDDING": design["EMBEDDING"]}
-    assert set(io(pp.output)) == {"PROBABILITIES", "CLASS_ID", "MATURITY", "CURVE_DISTANCE"}
+    pp_outputs = {k: v for k, v in design.items() if k not in ("IMAGE", "EMBEDDING")}
+    assert io(pp.output) == {**pp_outputs, "EMBEDDING_OUT": design["EMBEDDING"]}
     graph = onnx.load(str(repo64 / "smr_backbone/1/model.onnx"))
     assert [i.name for i in graph.graph.input] == ["IMAGE"]
     assert [o.name for o in graph.graph.output] == ["EMBEDDING"]
@@ -97,9 +98,16 @@ def test_names_agree_between_graph_configs_and_ensemble(repo64, run64):
     assert graph.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # dynamic batch
     steps = {s.model_name: s for s in ens.ensemble_scheduling.step}
     assert dict(steps["smr_backbone"].input_map) == {"IMAGE": "IMAGE"}
-    assert dict(steps["smr_backbone"].output_map) == {"EMBEDDING": "EMBEDDING"}
-    assert dict(steps["smr_postprocess"].input_map) == {"EMBEDDING": "EMBEDDING"}
-    assert dict(steps["smr_postprocess"].output_map) == {k: k for k in io(pp.output)}
+    # the backbone's embedding is internal to the ensemble (an ensemble output that a step also
+    # reads is dropped when not requested: deadlock); the ensemble's EMBEDDING is the postprocess's copy
+    internal = steps["smr_backbone"].output_map["EMBEDDING"]
+    assert dict(steps["smr_backbone"].output_map) == {"EMBEDDING": internal}
+    assert internal not in io(ens.output)
+    assert dict(steps["smr_postprocess"].input_map) == {"EMBEDDING": internal}
+    assert dict(steps["smr_postprocess"].output_map) == {
+        **{k: k for k in pp_outputs},
+        "EMBEDDING_OUT": "EMBEDDING",
+    }
     # metadata for clients, scheduling
     params = {k: v.string_value for k, v in ens.parameters.items()}
     assert json.loads(params["classes"]) == run64.classes
@@ -167,6 +175,24 @@ def test_renamed_tensor_is_caught_even_with_a_resealed_manifest(repo_copy):
     _reseal(repo_copy, rel)
     problems = check_repository(repo_copy).problems
     assert any(p.startswith("smr_postprocess/config.pbtxt outputs") and "MATURITY_T" in p for p in problems)
+
+
+def test_ensemble_output_read_by_a_step_is_caught(repo_copy):
+    """The layout that deadlocks when a client does not request EMBEDDING: the backbone writes the
+    ensemble output EMBEDDING directly and the postprocess reads it."""
+    rel = "smr/config.pbtxt"
+    config = parse_config(repo_copy / rel)
+    backbone, post = config.ensemble_scheduling.step
+    backbone.output_map["EMBEDDING"] = "EMBEDDING"
+    post.input_map["EMBEDDING"] = "EMBEDDING"
+    del post.output_map["EMBEDDING_OUT"]
+    (repo_copy / rel).write_text(to_text(config))
+    _reseal(repo_copy, rel)
+    problems = check_repository(repo_copy).problems
+    assert any(
+        "step smr_postprocess reads 'EMBEDDING', which is also an ensemble output" in p for p in problems
+    ), problems
+    assert any("output 'EMBEDDING' comes from smr_backbone.EMBEDDING" in p for p in problems), problems
 
 
 def test_wrong_shape_and_unparsable_config_are_caught(repo_copy):
