@@ -22,12 +22,16 @@ $(STAMP): pyproject.toml requirements/constraints.txt | $(PY)
 
 venv: $(STAMP)
 
-# Debian's Prometheus for the monitoring integration tests (skipped when already on PATH).
+# Debian's Prometheus (monitoring integration tests) and Chromium (the report's rendering test),
+# installed only when missing.
+SYSTEM_PACKAGES := prometheus chromium
 system-deps:
-	@command -v prometheus >/dev/null 2>&1 || { \
-	  echo "installing Debian's prometheus package"; \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null) \
-	  || echo "warning: could not install prometheus; monitoring tests will fail"; }
+	@missing=""; for p in $(SYSTEM_PACKAGES); do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null) \
+	  || echo "warning: could not install$$missing; the tests that need them will fail"; \
+	fi
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -1,5 +1,274 @@
-"""Sub-commands of this part (placeholder until the part lands)."""
+"""``smr train``, ``smr evaluate`` and ``smr cv``: argument parsing only (torch is imported in ``run``).
+
+Every :class:`~smr.train.config.TrainConfig` field has a flag here. Flags left out keep the
+config's default (or the value from ``--config FILE``), so ``--help`` shows the real defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from .config import CURVES, DEVICES, LOSSES, MINERS, OPTIMIZERS, TARGETS, ConfigError, TrainConfig
+
+__all__ = [
+    "add_parsers",
+    "add_config_arguments",
+    "get_args_parser",
+    "config_from_args",
+    "parse_gamma",
+]
+
+_DEFAULTS = TrainConfig()
 
 
-def add_parsers(subparsers) -> None:  # noqa: ARG001 - filled in by the part's implementation
-    return None
+def parse_gamma(value: str) -> float | str:
+    """An SVM gamma: a positive number, ``scale`` or ``auto``."""
+    if value in ("scale", "auto"):
+        return value
+    try:
+        g = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid gamma {value!r}; use a positive number, 'scale' or 'auto'"
+        ) from None
+    if not g > 0:
+        raise argparse.ArgumentTypeError(f"gamma must be > 0, got {value}")
+    return g
+
+
+def _default(name: str) -> str:
+    value = getattr(_DEFAULTS, name)
+    if isinstance(value, tuple):
+        value = " ".join(str(v) for v in value)
+    return f" (default: {value})"
+
+
+# (field, flag, keyword arguments for add_argument, help)
+_OPTIONS: list[tuple[str, str, dict[str, Any], str]] = [
+    ("loss", "--loss", {"choices": LOSSES}, "training loss: the TML baseline or an SMR variant"),
+    ("curve", "--curve", {"choices": CURVES}, "curve model per lineage"),
+    ("targets", "--targets", {"choices": TARGETS}, "regression targets along the curve"),
+    ("alpha", "--alpha", {"type": float}, "weight of the SMR term (default: 0.2, 0.6 for the dimred losses)"),
+    ("margin", "--margin", {"type": float}, "triplet margin"),
+    ("miner", "--miner", {"choices": MINERS}, "triplet miner"),
+    ("fixed_length", "--fixed-length", {"type": float}, "length of the 'fixed' curve model"),
+    ("tsne_perplexity", "--tsne-perplexity", {"type": float}, "per-batch perplexity of the t-SNE map"),
+    ("tsne_hidden", "--tsne-hidden", {"type": int, "nargs": "+"}, "hidden widths of the t-SNE network"),
+    ("tsne_lr", "--tsne-lr", {"type": float}, "learning rate of the t-SNE map"),
+    ("tsne_warmup_epochs", "--tsne-warmup-epochs", {"type": int}, "t-SNE-only epochs before training"),
+    ("embedding_dim", "--embedding-dim", {"type": int}, "embedding size"),
+    ("dropout", "--dropout", {"type": float}, "dropout before the embedding layer"),
+    (
+        "weights",
+        "--weights",
+        {"metavar": "PATH|imagenet"},
+        "backbone weights: a local state dict file, or 'imagenet' for torchvision's (needs them cached or "
+        "internet); none: random init",
+    ),
+    ("image_size", "--image-size", {"type": int}, "network input size in pixels"),
+    ("mean", "--mean", {"type": float, "nargs": 3, "metavar": ("R", "G", "B")}, "normalisation mean"),
+    ("std", "--std", {"type": float, "nargs": 3, "metavar": ("R", "G", "B")}, "normalisation std"),
+    (
+        "crop_scale",
+        "--crop-scale",
+        {"type": float, "nargs": 2, "metavar": ("MIN", "MAX")},
+        "area range of the random resized crop",
+    ),
+    ("optimizer", "--optimizer", {"choices": OPTIMIZERS}, "optimiser"),
+    ("lr", "--lr", {"type": float}, "learning rate"),
+    ("weight_decay", "--weight-decay", {"type": float}, "weight decay"),
+    ("batch_size", "--batch-size", {"type": int}, "images per batch (per process with DDP)"),
+    ("samples_per_class", "--samples-per-class", {"type": int}, "images of each drawn class per batch"),
+    ("epochs", "--epochs", {"type": int}, "maximum number of epochs"),
+    ("patience", "--patience", {"type": int}, "early stopping: epochs without validation macro-F1 gain"),
+    ("seed", "--seed", {"type": int}, "random seed (split, sampler, initialisation, augmentation)"),
+    ("workers", "--workers", {"type": int}, "data loader worker processes"),
+    ("device", "--device", {"choices": DEVICES}, "training device"),
+    ("eval_batch_size", "--eval-batch-size", {"type": int}, "batch size for computing embeddings"),
+    ("svm_c", "--svm-c", {"type": float, "nargs": "+"}, "SVM C values to search"),
+    ("svm_gamma", "--svm-gamma", {"type": parse_gamma, "nargs": "+"}, "SVM gamma values to search"),
+    ("svm_cv", "--svm-cv", {"type": int}, "folds of the SVM grid search"),
+    ("val_fraction", "--val-fraction", {"type": float}, "validation fraction (without --folds)"),
+    ("folds", "--folds", {"type": int}, "K of stratified K-fold cross-validation"),
+    ("fold", "--fold", {"type": int}, "the validation fold with --folds (0-based)"),
+]
+_SWITCHES = [
+    ("rotation", "--no-rotation", "no random rotation"),
+    ("flips", "--no-flips", "no random flips"),
+]
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, *, exclude: Iterable[str] = ()) -> None:
+    """Add one flag per TrainConfig field (``exclude``: field names to leave out)."""
+    skip = set(exclude)
+    group = parser.add_argument_group("hyper-parameters (see docs/training.md)")
+    group.add_argument(
+        "--config",
+        metavar="FILE",
+        dest="config_file",
+        default=None,
+        help="start from a TrainConfig JSON (a run's config.json works too); flags override it",
+    )
+    for name, flag, kwargs, text in _OPTIONS:
+        if name in skip:
+            continue
+        shown = "" if "default:" in text else _default(name)
+        group.add_argument(flag, dest=name, default=argparse.SUPPRESS, help=text + shown, **kwargs)
+    for name, flag, text in _SWITCHES:
+        if name not in skip:
+            group.add_argument(flag, dest=name, action="store_false", default=argparse.SUPPRESS, help=text)
+
+
+def config_from_args(args: argparse.Namespace, **overrides: Any) -> TrainConfig:
+    """The TrainConfig of parsed arguments: defaults < ``--config`` file < flags < ``overrides``.
+
+    Raises ``SystemExit`` with a message naming the bad value and the valid choices.
+    """
+    values: dict[str, Any] = {}
+    path = getattr(args, "config_file", None)
+    if path:
+        try:
+            doc = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise SystemExit(f"smr train: error: cannot read --config {path}: {exc}") from None
+        values.update(doc.get("config", doc) if isinstance(doc, dict) else {})
+    names = {name for name, *_ in _OPTIONS} | {name for name, *_ in _SWITCHES}
+    values.update({k: v for k, v in vars(args).items() if k in names})
+    values.update(overrides)
+    try:
+        return TrainConfig.from_dict(values)
+    except (ConfigError, TypeError) as exc:
+        raise SystemExit(f"smr train: error: {exc}") from None
+
+
+def _add_train_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "data", metavar="DATA", help="folder data set: one sub-folder per class plus lineages.toml"
+    )
+    p.add_argument("--out", metavar="RUN", required=True, help="run directory to write")
+    p.add_argument("--spec", metavar="FILE", default=None, help="lineage spec instead of DATA/lineages.toml")
+    p.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty RUN")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    add_config_arguments(p)
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    """The ``smr train`` parser on its own (also used by ``python -m smr.train`` under torchrun)."""
+    p = argparse.ArgumentParser(
+        prog="smr train",
+        description=_TRAIN_DESCRIPTION,
+        add_help=add_help,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_train_arguments(p)
+    return p
+
+
+_TRAIN_DESCRIPTION = """\
+Train an SMR model: DenseNet-121 embeddings with the triplet margin loss plus the Spatial
+Maturity Regression term, curves and targets refitted every epoch, an RBF SVM picked by 5-fold CV
+every epoch, early stopping on validation macro F1. Writes RUN/ (config.json, model.safetensors,
+curves.json, svm.json, metrics.csv, split.json) for smr export and smr evaluate.
+
+Multi-process (DDP): torchrun --nproc_per_node=2 -m smr.train DATA --out RUN [options]
+"""
+
+
+def add_parsers(subparsers: Any) -> None:
+    train = subparsers.add_parser(
+        "train",
+        help="train an SMR model into a run directory",
+        description=_TRAIN_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_train_arguments(train)
+    train.set_defaults(func=_lazy("smr.train.engine", "run"))
+
+    ev = subparsers.add_parser(
+        "evaluate",
+        help="score a trained run on a data set (F1, confusion matrix, maturity correlation)",
+        description="Evaluate RUN on DATA: per-class precision/recall/F1, macro F1, the confusion "
+        "matrix, and - where DATA has a manifest.csv with true maturities - the Spearman correlation "
+        "of each cell's position on its lineage's curve with its true maturity. Predictions use the "
+        "numpy SVM and curves exactly as served.",
+    )
+    ev.add_argument("run_dir", metavar="RUN", help="run directory written by smr train")
+    ev.add_argument("data", metavar="DATA", help="folder data set with the run's classes")
+    ev.add_argument(
+        "--subset",
+        choices=("all", "val", "train"),
+        default="all",
+        help="evaluate all images of DATA, or only the run's validation/training images (DATA must "
+        "then be the data set the run was trained on) (default: all)",
+    )
+    ev.add_argument("--json", action="store_true", help="print the report as JSON")
+    ev.add_argument("--out", metavar="FILE", default=None, help="also write the JSON report to FILE")
+    ev.add_argument(
+        "--figures",
+        metavar="DIR",
+        default=None,
+        help="write figures (curve positions per lineage, confusion matrix) to DIR",
+    )
+    ev.add_argument(
+        "--compare",
+        metavar="RUN2",
+        default=None,
+        help="a second run (e.g. the TML baseline) drawn beside RUN in the figures",
+    )
+    ev.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: 64)")
+    ev.add_argument("--spec", metavar="FILE", default=None, help="lineage spec instead of DATA/lineages.toml")
+    ev.add_argument("--no-progress", action="store_true", help="no progress bars")
+    ev.set_defaults(func=_lazy("smr.train.evaluate", "run"))
+
+    cv = subparsers.add_parser(
+        "cv",
+        help="stratified K-fold cross-validation over loss/curve/target variants",
+        description="Run stratified K-fold cross-validation of several SMR variants on DATA and "
+        "tabulate macro F1 (mean and std over folds) and the maturity correlation. Each (variant, "
+        "fold) trains into OUT/<variant>/fold<i>/; complete runs are skipped, so an interrupted cv "
+        "resumes where it stopped. Variants are 'tml' or CURVE/TARGETS/LOSS (e.g. "
+        "linear/uniform/normal; '*' matches all), or 'paper' for the paper's 25.",
+    )
+    cv.add_argument("data", metavar="DATA", help="folder data set with lineages.toml")
+    cv.add_argument("--out", metavar="DIR", required=True, help="output folder (runs, table, chart)")
+    cv.add_argument(
+        "--grid",
+        metavar="VARIANT",
+        nargs="+",
+        default=["paper"],
+        help="variants to compare (default: paper = tml + 3 curves x 2 targets x 4 losses)",
+    )
+    cv.add_argument("--folds", type=int, default=6, help="K of the stratified K-fold split (default: 6)")
+    cv.add_argument(
+        "--only-fold",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="I",
+        help="run only these folds (e.g. one per machine); the table uses what is complete",
+    )
+    cv.add_argument("--jobs", type=int, default=1, help="training processes at once (default: 1)")
+    cv.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads per training process (default: CPU count / jobs)",
+    )
+    cv.add_argument("--dry-run", action="store_true", help="list the runs and exit")
+    cv.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_config_arguments(cv, exclude=("loss", "curve", "targets", "folds", "fold"))
+    cv.set_defaults(func=_lazy("smr.train.cv", "run"))
+
+
+def _lazy(module: str, name: str) -> Callable[[argparse.Namespace], int]:
+    def call(args: argparse.Namespace) -> int:
+        import importlib
+
+        return int(getattr(importlib.import_module(module), name)(args) or 0)
+
+    return call

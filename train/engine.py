@@ -1,0 +1,676 @@
+"""The SMR training loop (in the style of torchvision's classification reference).
+
+One epoch:
+
+1. ``train_one_epoch``: class-balanced batches, augmented; loss = (1 - alpha) TML + alpha SMR term
+   with the curves and targets of the previous epoch (for the first epoch: fitted on the initial
+   network's embeddings);
+2. embeddings of the training and validation splits without augmentation (eval mode);
+3. curves and targets refitted on the new training embeddings (:func:`fit_lineage_curves`): in the
+   embedding space always (what is saved and served), and for the ``dimred`` losses also in the
+   2-D parametric t-SNE map, where their SMR term lives;
+4. ``evaluate``: an RBF SVM picked by 5-fold CV on the training embeddings, scored by macro F1 on
+   the validation split. A better score saves the model, curves and SVM; ``patience`` epochs
+   without one stop the run.
+
+Under ``torchrun`` every process trains on its own share of the batches (DDP, gloo on CPU), the
+embeddings are computed in shards and gathered, and rank 0 fits the SVM and writes the run dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from sklearn.metrics import accuracy_score, f1_score
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from smr.core.curves import fit_curve
+from smr.core.curves_json import LineageCurve
+from smr.core.lineages import LineageSpec
+from smr.core.targets import make_targets, stage_boundaries
+
+from . import rundir
+from .classifier import EmbeddingSVM
+from .config import TrainConfig
+from .dataset import CellImages, ClassBalancedBatchSampler, load_images, normalize, train_transform
+from .losses import TERM_NAMES, SMRCriterion, build_criterion
+from .model import smr_net
+
+__all__ = [
+    "DistEnv",
+    "EpochState",
+    "TrainResult",
+    "seed_everything",
+    "select_device",
+    "compute_embeddings",
+    "fit_lineage_curves",
+    "train_one_epoch",
+    "evaluate",
+    "train",
+    "main",
+    "run",
+]
+
+RUN_FILES = (
+    rundir.CONFIG_FILE,
+    rundir.MODEL_FILE,
+    rundir.CURVES_FILE,
+    rundir.SVM_FILE,
+    rundir.METRICS_FILE,
+    rundir.SPLIT_FILE,
+    rundir.CHECKPOINT_FILE,
+)
+
+
+class TrainError(RuntimeError):
+    """Training cannot start with this data or configuration (message says how to fix it)."""
+
+
+# ----------------------------------------------------------------------------------------------
+# processes, devices, seeds
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """Where this process stands in a (possibly single-process) run."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device: torch.device) -> DistEnv:
+    """Join the process group when started by ``torchrun`` (``WORLD_SIZE`` > 1)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistEnv()
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return DistEnv(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def select_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise TrainError("--device cuda: no CUDA device is available; use --device cpu")
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def _say(env: DistEnv, message: str) -> None:
+    if env.is_main:
+        tqdm.write(message, file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------------------------
+# embeddings, curves
+
+
+@torch.no_grad()
+def compute_embeddings(
+    model: nn.Module,
+    images: Sequence[np.ndarray],
+    *,
+    mean: Sequence[float],
+    std: Sequence[float],
+    device: torch.device,
+    batch_size: int = 128,
+    env: DistEnv = DistEnv(),
+    progress: bool = False,
+    desc: str = "embedding",
+) -> np.ndarray:
+    """Embeddings (N, D) float32 of in-memory uint8 images, in eval mode, without augmentation.
+
+    Under DDP each process embeds every ``world_size``-th image and the shards are gathered, so
+    every process returns the full array.
+    """
+    net = getattr(model, "module", model)
+    was_training = net.training
+    net.eval()
+    indices = np.arange(env.rank, len(images), env.world_size)
+    out = np.zeros((len(indices), net.embedding_dim), dtype=np.float32)
+    starts = range(0, len(indices), batch_size)
+    for start in tqdm(starts, desc=desc, unit="batch", leave=False, disable=not (progress and env.is_main)):
+        chunk = indices[start : start + batch_size]
+        batch = torch.from_numpy(np.stack([images[i] for i in chunk])).permute(0, 3, 1, 2)
+        out[start : start + len(chunk)] = net(normalize(batch, mean, std, device)).float().cpu().numpy()
+    net.train(was_training)
+    if not env.distributed:
+        return out
+    shards: list[Any] = [None] * env.world_size
+    dist.all_gather_object(shards, (indices, out))
+    full = np.zeros((len(images), net.embedding_dim), dtype=np.float32)
+    for idx, emb in shards:
+        full[idx] = emb
+    return full
+
+
+def fit_lineage_curves(
+    features: np.ndarray,
+    labels: np.ndarray,
+    spec: LineageSpec,
+    *,
+    curve: str,
+    targets: str,
+    fixed_length: float = 1.0,
+) -> list[LineageCurve]:
+    """Per lineage: class means and counts of ``features`` -> curve (``fit_curve``) and targets.
+
+    ``features`` (N, D) are the embeddings (or their t-SNE map) of the training split, ``labels``
+    their class indices into ``spec.classes``. Every lineage class needs at least one sample.
+    """
+    features = np.asarray(features, dtype=np.float64)
+    labels = np.asarray(labels)
+    out: list[LineageCurve] = []
+    for li, (lineage, class_idx) in enumerate(zip(spec.lineages, spec.lineage_class_indices(), strict=True)):
+        counts = np.array([(labels == c).sum() for c in class_idx], dtype=np.int64)
+        empty = [lineage.classes[i] for i, n in enumerate(counts) if n == 0]
+        if empty:
+            raise TrainError(
+                f"lineage {lineage.name!r}: no training samples of {empty}; cannot fit its curve"
+            )
+        means = np.stack([features[labels == c].mean(axis=0) for c in class_idx])
+        fitted = fit_curve(
+            curve, means, counts, lineage_index=li % features.shape[1], fixed_length=fixed_length
+        )
+        t = make_targets(targets, counts)
+        out.append(
+            LineageCurve(
+                name=lineage.name,
+                classes=tuple(lineage.classes),
+                targets=t,
+                boundaries=stage_boundaries(t),
+                curve=fitted,
+            )
+        )
+    return out
+
+
+def _spread(x: np.ndarray) -> float:
+    """Root-mean-square distance of the points to their mean (the scale of a point cloud)."""
+    x = np.asarray(x, dtype=np.float64)
+    return float(np.sqrt(((x - x.mean(axis=0)) ** 2).sum(axis=1).mean())) if len(x) else 1.0
+
+
+# ----------------------------------------------------------------------------------------------
+# one epoch
+
+
+def train_one_epoch(
+    model: nn.Module,
+    criterion: SMRCriterion,
+    optimizer: torch.optim.Optimizer,
+    loader: DataLoader,
+    *,
+    config: TrainConfig,
+    device: torch.device,
+    epoch: int,
+    env: DistEnv = DistEnv(),
+    progress: bool = False,
+) -> dict[str, float]:
+    """One pass over the class-balanced batches; returns the sample-weighted mean of every term."""
+    model.train()
+    criterion.train()
+    sums: dict[str, float] = {}
+    seen = 0
+    bar = tqdm(
+        loader, desc=f"epoch {epoch}", unit="batch", leave=False, disable=not (progress and env.is_main)
+    )
+    crit_params = [p for p in criterion.parameters() if p.requires_grad]
+    for images, labels, _ in bar:
+        x = normalize(images, config.mean, config.std, device)
+        y = labels.to(device)
+        embeddings = model(x)
+        total, terms = criterion(embeddings, y)
+        if not torch.isfinite(total):
+            raise TrainError(f"epoch {epoch}: the loss became {float(total)}; lower --lr")
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        if env.distributed and crit_params:  # the t-SNE map is not inside DDP: average its gradients
+            for p in crit_params:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                dist.all_reduce(p.grad)
+                p.grad /= env.world_size
+        optimizer.step()
+        n = int(y.shape[0])
+        seen += n
+        for k, v in terms.items():
+            sums[k] = sums.get(k, 0.0) + float(v) * n
+        bar.set_postfix(loss=f"{sums['total'] / seen:.4f}")
+    names = [k for k in TERM_NAMES if k in sums] + sorted(k for k in sums if k not in TERM_NAMES)
+    stats = torch.tensor([seen] + [sums[k] for k in names], dtype=torch.float64)
+    if env.distributed:
+        dist.all_reduce(stats)
+    return {k: float(stats[i + 1] / stats[0]) for i, k in enumerate(names)}
+
+
+def evaluate(
+    train_embeddings: np.ndarray,
+    train_labels: np.ndarray,
+    val_embeddings: np.ndarray,
+    val_labels: np.ndarray,
+    *,
+    config: TrainConfig,
+    num_classes: int,
+) -> tuple[EmbeddingSVM, dict[str, Any]]:
+    """Fit the SVM stage on the training embeddings and score it on the validation embeddings."""
+    svm = EmbeddingSVM(C=config.svm_c, gamma=config.svm_gamma, cv=config.svm_cv, random_state=config.seed)
+    svm.fit(train_embeddings, train_labels)
+    pred = svm.predict(val_embeddings)
+    labels = np.arange(num_classes)
+    scores = {
+        "val_macro_f1": float(f1_score(val_labels, pred, labels=labels, average="macro", zero_division=0)),
+        "val_accuracy": float(accuracy_score(val_labels, pred)),
+        "svm_cv_f1": svm.best_score_,
+        "svm_C": svm.best_params_["C"],
+        "svm_gamma": svm.best_params_["gamma"],
+    }
+    return svm, scores
+
+
+# ----------------------------------------------------------------------------------------------
+# a whole run
+
+
+@dataclass
+class EpochState:
+    """What an ``on_epoch_end`` callback sees after each epoch (rank 0)."""
+
+    epoch: int
+    metrics: dict[str, Any]
+    curves: list[LineageCurve]  # fitted in the embedding space at the end of this epoch
+    loss_curves: list[LineageCurve] | None  # the ones the loss uses next epoch (t-SNE map for dimred)
+    train_embeddings: np.ndarray
+    val_embeddings: np.ndarray
+    improved: bool
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    best_epoch: int
+    best_val_macro_f1: float
+    epochs: int
+    stopped_early: bool
+    seconds: float
+    val_spearman: dict[str, float | None] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "best_epoch": self.best_epoch,
+            "best_val_macro_f1": self.best_val_macro_f1,
+            "epochs": self.epochs,
+            "stopped_early": self.stopped_early,
+            "seconds": round(self.seconds, 2),
+            "val_spearman": self.val_spearman,
+        }
+
+
+def _prepare_out_dir(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise TrainError(f"--out {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise TrainError(f"--out {out} is not empty; choose a new folder or pass --overwrite")
+        for name in RUN_FILES:
+            target = out / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            else:
+                target.unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _split(
+    labels: np.ndarray, config: TrainConfig, class_names: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    from smr.data.splits import SplitError, stratified_kfold, train_val_split
+
+    try:
+        if config.folds is not None:
+            return stratified_kfold(labels, config.folds, config.seed, class_names=class_names)[config.fold]
+        return train_val_split(labels, config.val_fraction, config.seed, class_names=class_names)
+    except SplitError as exc:
+        raise TrainError(str(exc)) from None
+
+
+def _make_optimizer(config: TrainConfig, model: nn.Module, criterion: nn.Module) -> torch.optim.Optimizer:
+    groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": config.lr}]
+    extra = [p for p in criterion.parameters() if p.requires_grad]
+    if extra:  # the t-SNE map is trained from scratch: its own (larger) learning rate
+        groups.append({"params": extra, "lr": config.tsne_lr, "weight_decay": 0.0})
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
+    cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+    return cls(groups, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def _format_line(epoch: int, config: TrainConfig, m: dict[str, Any], best: tuple[float, int]) -> str:
+    terms = f"tml {m['tml']:.4f}"
+    if config.uses_smr:
+        terms += f" smr {m['smr']:.4f}"
+    if config.uses_dimred:
+        terms += f" tsne {m['tsne_kl']:.4f}"
+    return (
+        f"epoch {epoch:>3}/{config.epochs}  loss {m['total']:.4f} ({terms})  "
+        f"val macro-F1 {m['val_macro_f1']:.4f}  best {best[0]:.4f} @{best[1]}  {m['seconds']:.1f}s"
+    )
+
+
+def train(
+    data: str | os.PathLike | Any,
+    out: str | os.PathLike,
+    config: TrainConfig,
+    *,
+    spec: LineageSpec | str | os.PathLike | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    on_epoch_end: Callable[[EpochState], None] | None = None,
+) -> TrainResult | None:
+    """Train one SMR model into the run directory ``out``.
+
+    Args:
+        data: a folder data set (path) or an already scanned ``FolderDataset``.
+        spec: lineage spec instead of ``DATA/lineages.toml``.
+        overwrite: replace the run files of a non-empty ``out``.
+        on_epoch_end: called on rank 0 after every epoch with an :class:`EpochState`.
+
+    Returns the :class:`TrainResult` on rank 0 (``None`` on other ranks). Raises
+    :class:`TrainError` for data or settings that cannot be trained on.
+    """
+    from smr.core.lineages import SpecError
+    from smr.data.folder import DatasetError, FolderDataset
+
+    from .evaluate import maturity_correlation
+
+    config = config.validate()
+    started = time.perf_counter()
+    device = select_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
+    env = init_distributed(device)
+    if env.distributed and device.type == "cuda":
+        device = torch.device("cuda", env.local_rank)
+        torch.cuda.set_device(device)
+
+    # -- data --------------------------------------------------------------------------------
+    if isinstance(data, FolderDataset):
+        dataset = data
+    else:
+        try:
+            dataset = FolderDataset.scan(data, spec, progress=progress and env.is_main)
+        except (DatasetError, SpecError) as exc:
+            raise TrainError(str(exc)) from None
+    spec = dataset.spec
+    classes = list(spec.classes)
+    if dataset.problems:
+        shown = "\n  ".join(dataset.problems[:5])
+        more = f"\n  ... and {len(dataset.problems) - 5} more" if len(dataset.problems) > 5 else ""
+        _say(env, f"warning: {len(dataset.problems)} problem(s) in {dataset.root}:\n  {shown}{more}")
+    empty = [c for c, n in zip(classes, dataset.counts, strict=True) if n == 0]
+    if empty:
+        raise TrainError(
+            f"{dataset.root}: classes without images: {empty}; every class of the spec needs images"
+        )
+    labels = dataset.labels
+    train_idx, val_idx = _split(labels, config, classes)
+    y_train, y_val = labels[train_idx], labels[val_idx]
+    maturities = dataset.maturities
+
+    out = Path(out)
+    problem: list[str | None] = [None]
+    if env.is_main:
+        try:
+            _prepare_out_dir(out, overwrite)
+        except TrainError as exc:
+            problem = [str(exc)]
+    if env.distributed:  # every process stops when rank 0 cannot write the run
+        dist.broadcast_object_list(problem, src=0)
+    if problem[0] is not None:
+        raise TrainError(problem[0])
+    if env.is_main:
+        rundir.write_config(out, config, spec)
+        rel = [p.relative_to(dataset.root).as_posix() for p in dataset.paths]
+        rundir.write_split(
+            out,
+            [rel[i] for i in train_idx],
+            [rel[i] for i in val_idx],
+            seed=config.seed,
+            fold=config.fold if config.folds else None,
+            folds=config.folds,
+            data=str(Path(dataset.root).resolve()),
+        )
+    images = load_images(dataset.paths, config.image_size, progress=progress and env.is_main)
+    train_images = [images[i] for i in train_idx]
+    val_images = [images[i] for i in val_idx]
+
+    # -- model, loss, optimiser --------------------------------------------------------------
+    seed_everything(config.seed)
+    if config.weights is None:
+        _say(
+            env, "backbone: random initialisation (no --weights given; the paper fine-tunes ImageNet weights)"
+        )
+    try:
+        model = smr_net(embedding_dim=config.embedding_dim, dropout=config.dropout, weights=config.weights)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise TrainError(
+            f"cannot load backbone weights {config.weights!r}: {exc}. Pass a local DenseNet-121 state dict "
+            "file (torchvision's densenet121-a639ec97.pth works) or leave out --weights for random init"
+        ) from None
+    model.to(device)
+    criterion = build_criterion(
+        config.loss,
+        alpha=config.alpha,
+        margin=config.margin,
+        miner=config.miner,
+        embedding_dim=config.embedding_dim,
+        perplexity=config.tsne_perplexity,
+        tsne_hidden=tuple(config.tsne_hidden),
+    ).to(device)
+    train_model: nn.Module = model
+    if env.distributed:
+        train_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    optimizer = _make_optimizer(config, model, criterion)
+    sampler = ClassBalancedBatchSampler(
+        y_train,
+        config.batch_size,
+        config.samples_per_class,
+        seed=config.seed,
+        num_replicas=env.world_size,
+        rank=env.rank,
+    )
+    transform = train_transform(
+        config.image_size, crop_scale=config.crop_scale, rotation=config.rotation, flips=config.flips
+    )
+    loader_generator = torch.Generator()
+    loader = DataLoader(
+        CellImages(train_images, y_train, transform),
+        batch_sampler=sampler,
+        num_workers=config.workers,
+        generator=loader_generator,
+        persistent_workers=False,
+    )
+    # augmentation and dropout draw from torch's global RNG: give each process its own stream
+    torch.manual_seed(config.seed * 1000 + env.rank + 1)
+
+    embed = {
+        "mean": config.mean,
+        "std": config.std,
+        "device": device,
+        "batch_size": config.eval_batch_size,
+        "env": env,
+        "progress": progress,
+    }
+
+    def refit(train_emb: np.ndarray) -> tuple[list[LineageCurve], list[LineageCurve] | None]:
+        curves = fit_lineage_curves(
+            train_emb,
+            y_train,
+            spec,
+            curve=config.curve,
+            targets=config.targets,
+            fixed_length=config.fixed_length,
+        )
+        if not criterion.needs_curves:
+            return curves, None
+        if criterion.curve_space == "embedding":
+            return curves, curves
+        low = criterion.curve_features(torch.from_numpy(train_emb).to(device)).cpu().numpy()
+        length = config.fixed_length * _spread(low) / max(_spread(train_emb), 1e-12)
+        return curves, fit_lineage_curves(
+            low, y_train, spec, curve=config.curve, targets=config.targets, fixed_length=length
+        )
+
+    # -- initial curves ----------------------------------------------------------------------
+    train_emb = compute_embeddings(model, train_images, desc="initial embeddings", **embed)
+    if criterion.curve_space == "tsne":
+        from .tsne import fit_parametric_tsne
+
+        fit_parametric_tsne(
+            criterion.tsne,
+            torch.from_numpy(train_emb).to(device),
+            perplexity=config.tsne_perplexity,
+            epochs=config.tsne_warmup_epochs,
+            batch_size=config.batch_size,
+            lr=config.tsne_lr,
+            generator=torch.Generator().manual_seed(config.seed),
+            progress=progress and env.is_main,
+        )
+    _, loss_curves = refit(train_emb)
+
+    # -- epochs ------------------------------------------------------------------------------
+    metrics = rundir.MetricsWriter(out) if env.is_main else None
+    best_f1, best_epoch, since_best = -math.inf, 0, 0
+    best_spearman: dict[str, float | None] = {}
+    stopped_early = False
+    epoch = 0
+    for epoch in range(1, config.epochs + 1):
+        t0 = time.perf_counter()
+        if loss_curves is not None:
+            criterion.set_curves(loss_curves, spec)
+        sampler.set_epoch(epoch)
+        loader_generator.manual_seed(config.seed * 1000 + epoch)
+        losses = train_one_epoch(
+            train_model,
+            criterion,
+            optimizer,
+            loader,
+            config=config,
+            device=device,
+            epoch=epoch,
+            env=env,
+            progress=progress,
+        )
+        train_seconds = time.perf_counter() - t0
+        train_emb = compute_embeddings(model, train_images, desc="train embeddings", **embed)
+        val_emb = compute_embeddings(model, val_images, desc="val embeddings", **embed)
+        curves, loss_curves = refit(train_emb)
+
+        decision: list[Any] = [None]
+        if env.is_main:
+            svm, scores = evaluate(
+                train_emb, y_train, val_emb, y_val, config=config, num_classes=len(classes)
+            )
+            improved = scores["val_macro_f1"] > best_f1
+            if improved:
+                best_f1, best_epoch, since_best = scores["val_macro_f1"], epoch, 0
+                rundir.save_model(out, model)
+                rundir.write_curves(
+                    out,
+                    curves,
+                    {"epoch": epoch, "curve": config.curve, "targets": config.targets, "loss": config.loss},
+                )
+                rundir.write_svm(out, svm.to_dict(classes))
+                best_spearman = maturity_correlation(curves, val_emb, y_val, maturities[val_idx], spec)
+            else:
+                since_best += 1
+            row = {
+                "epoch": epoch,
+                **losses,
+                **scores,
+                "best_val_macro_f1": best_f1,
+                "best_epoch": best_epoch,
+                "train_seconds": round(train_seconds, 3),
+                "seconds": round(time.perf_counter() - t0, 3),
+            }
+            metrics.append(row)
+            _say(env, _format_line(epoch, config, row, (best_f1, best_epoch)))
+            if on_epoch_end is not None:
+                on_epoch_end(EpochState(epoch, row, curves, loss_curves, train_emb, val_emb, improved))
+            decision = [since_best >= config.patience]
+        if env.distributed:
+            dist.broadcast_object_list(decision, src=0)
+        if decision[0]:
+            stopped_early = epoch < config.epochs
+            _say(env, f"early stop: no validation macro-F1 gain for {config.patience} epochs")
+            break
+
+    if not env.is_main:
+        return None
+    result = TrainResult(
+        out, best_epoch, best_f1, epoch, stopped_early, time.perf_counter() - started, best_spearman
+    )
+    rundir.write_result(out, result.to_dict())
+    _say(env, f"best val macro-F1 {best_f1:.4f} at epoch {best_epoch}; run written to {out}")
+    return result
+
+
+# ----------------------------------------------------------------------------------------------
+# command line
+
+
+def main(args: argparse.Namespace) -> int:
+    """``smr train`` / ``python -m smr.train`` with parsed arguments."""
+    from .cli import config_from_args
+
+    config = config_from_args(args)
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
+    try:
+        train(
+            args.data,
+            args.out,
+            config,
+            spec=args.spec,
+            overwrite=args.overwrite,
+            progress=not args.no_progress and sys.stderr.isatty(),
+        )
+    except TrainError as exc:
+        raise SystemExit(f"smr train: error: {exc}") from None
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+run = main
