@@ -21,9 +21,9 @@ def add_parsers(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--out", default="demo-output", help="output folder (default: %(default)s)")
-    p.add_argument("--cells", type=int, default=1500, help="synthetic patches (default: %(default)s)")
+    p.add_argument("--cells", type=int, default=1000, help="synthetic patches (default: %(default)s)")
     p.add_argument("--image-size", type=int, default=64, help="patch size in pixels (default: %(default)s)")
-    p.add_argument("--epochs", type=int, default=4, help="training epochs (default: %(default)s)")
+    p.add_argument("--epochs", type=int, default=3, help="training epochs (default: %(default)s)")
     p.add_argument("--slide-cells", type=int, default=600, help="cells on the slide (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--fresh", action="store_true", help="redo every step even when its output exists")
