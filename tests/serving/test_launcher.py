@@ -160,8 +160,14 @@ def test_toy_server_answers_on_loopback_and_exposes_metrics(toy_server):
     y = client.infer("toy", inputs).as_numpy("Y")
     np.testing.assert_array_equal(y, x * 2 + 1)
 
-    text = scrape(toy_server.metrics_url)
-    success = metric_samples(text, "nv_inference_request_success")
+    # Triton publishes counters asynchronously: poll briefly for the request to show up.
+    deadline = time.monotonic() + 15
+    while True:
+        text = scrape(toy_server.metrics_url)
+        success = metric_samples(text, "nv_inference_request_success")
+        if success.get((("model", "toy"), ("version", "1")), 0) >= 1 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     assert success[(("model", "toy"), ("version", "1"))] >= 1
     # latency quantiles are on (--metrics-config summary_latencies=true)
     quantiles = metric_samples(text, "nv_inference_request_summary_us")
