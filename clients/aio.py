@@ -23,6 +23,7 @@ from .client import (
     MAX_MESSAGE_BYTES,
     UNAVAILABLE,
     ConnectionOptions,
+    apply_request_settings,
     parse_outputs,
     request_error,
     requested_output_names,
@@ -77,16 +78,10 @@ class AsyncSMRClient:
             compression=compression,
             max_message_bytes=max_message_bytes,
         )
-        if batch_size is not None and batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if max_in_flight < 1:
-            raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
-        self.requested_batch_size = batch_size
-        self.max_in_flight = max_in_flight
-        self.resize = resize
-        self.margin = margin
-        self.embeddings = embeddings
-        self.metrics = metrics
+        apply_request_settings(
+            self, batch_size, max_in_flight,
+            resize=resize, margin=margin, embeddings=embeddings, metrics=metrics,
+        )
         self._aio = aioclient
         self._grpc = aioclient.InferenceServerClient(**self.options.client_kwargs())
         self._info: ModelInfo | None = None

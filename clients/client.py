@@ -165,6 +165,31 @@ def batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
         yield chunk
 
 
+
+def apply_request_settings(
+    client: Any,
+    batch_size: int | None,
+    max_in_flight: int,
+    *,
+    resize: bool,
+    margin: float,
+    embeddings: bool,
+    metrics: ClientMetrics | None,
+) -> None:
+    """Validate and set the request options that the blocking and the asyncio client share."""
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if max_in_flight < 1:
+        raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
+    if margin < 0:
+        raise ValueError(f"margin must be >= 0, got {margin}")
+    client.requested_batch_size = batch_size
+    client.max_in_flight = max_in_flight
+    client.resize = resize
+    client.margin = margin
+    client.embeddings = embeddings
+    client.metrics = metrics
+
 class SMRClient:
     """A blocking client of the ``smr`` ensemble; thread-safe.
 
@@ -220,18 +245,10 @@ class SMRClient:
             compression=compression,
             max_message_bytes=max_message_bytes,
         )
-        if batch_size is not None and batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if max_in_flight < 1:
-            raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
-        if margin < 0:
-            raise ValueError(f"margin must be >= 0, got {margin}")
-        self.requested_batch_size = batch_size
-        self.max_in_flight = max_in_flight
-        self.resize = resize
-        self.margin = margin
-        self.embeddings = embeddings
-        self.metrics = metrics
+        apply_request_settings(
+            self, batch_size, max_in_flight,
+            resize=resize, margin=margin, embeddings=embeddings, metrics=metrics,
+        )
         self._grpc_module = grpcclient
         self._grpc = grpcclient.InferenceServerClient(**self.options.client_kwargs())
         self._info: ModelInfo | None = None
