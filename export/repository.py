@@ -6,9 +6,13 @@ was. Layout (docs/architecture.md, "Model repository")::
 
     REPO/MANIFEST.json
     REPO/smr/config.pbtxt, smr/1/                        ensemble
-    REPO/smr_backbone/config.pbtxt, 1/model.onnx [, 1/model.py with --runtime python]
+    REPO/smr_backbone/config.pbtxt, 1/model.onnx
+                       [, 1/model.py, 1/smr_triton_io.py with --runtime python]
     REPO/smr_postprocess/config.pbtxt, 1/model.py, 1/curves.json, 1/svm.json,
-                          1/smr_core/ (copy of smr.core), 1/smr_manifest.py
+                          1/smr_core/ (copy of smr.core), 1/smr_manifest.py, 1/smr_triton_io.py
+
+The python models run without the ``smr`` package, so what they import from SMR is copied beside
+each ``model.py`` under the name it is imported by (``TRITON_IO_MODULE``).
 """
 
 from __future__ import annotations
@@ -29,10 +33,13 @@ from . import tensors as T
 from .manifest import MANIFEST_FILE, build_manifest, sha256_file, write_manifest
 from .pbtxt import ServingOptions, backbone_config, ensemble_config, postprocess_config, to_text
 
-__all__ = ["DEFAULT_REPOSITORY", "ExportOptions", "ExportResult", "export_repository"]
+__all__ = ["DEFAULT_REPOSITORY", "TRITON_IO_MODULE", "ExportOptions", "ExportResult", "export_repository"]
 
 # the repository's top-level model_repository/ (what docker-compose.yml mounts)
 DEFAULT_REPOSITORY = Path(__file__).resolve().parents[1] / "model_repository"
+# serving/triton_models/triton_io.py, the tensor I/O of both python models, as they import it
+TRITON_IO_MODULE = "smr_triton_io.py"
+_TRITON_MODELS = "smr.serving.triton_models"
 
 
 @dataclass(frozen=True)
@@ -212,7 +219,8 @@ def export_repository(
             log(quantization.summary())
 
         if serving.runtime == "python":
-            _copy_module("smr.serving.triton_models", "backbone_python.py", backbone_dir / "model.py")
+            _copy_module(_TRITON_MODELS, "backbone_python.py", backbone_dir / "model.py")
+            _copy_module(_TRITON_MODELS, "triton_io.py", backbone_dir / TRITON_IO_MODULE)
         (staging / T.BACKBONE / "config.pbtxt").write_text(
             to_text(backbone_config(image_size=size, embedding_dim=dim, options=serving))
         )
@@ -220,7 +228,8 @@ def export_repository(
         # -- smr_postprocess ------------------------------------------------------------------
         post_dir = staging / T.POSTPROCESS / "1"
         post_dir.mkdir(parents=True)
-        _copy_module("smr.serving.triton_models", "postprocess.py", post_dir / "model.py")
+        _copy_module(_TRITON_MODELS, "postprocess.py", post_dir / "model.py")
+        _copy_module(_TRITON_MODELS, "triton_io.py", post_dir / TRITON_IO_MODULE)
         _copy_core(post_dir / "smr_core")
         _copy_module("smr.export", "manifest.py", post_dir / "smr_manifest.py")
         shutil.copyfile(run_dir / CURVES_FILE, post_dir / "curves.json")

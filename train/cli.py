@@ -53,6 +53,12 @@ _OPTIONS: list[tuple[str, str, dict[str, Any], str]] = [
     ("curve", "--curve", {"choices": CURVES}, "curve model per lineage"),
     ("targets", "--targets", {"choices": TARGETS}, "regression targets along the curve"),
     ("alpha", "--alpha", {"type": float}, "weight of the SMR term (default: 0.2, 0.6 for the dimred losses)"),
+    (
+        "smr_warmup_epochs",
+        "--smr-warmup-epochs",
+        {"type": int},
+        "epochs of TML alone before the SMR term is switched on",
+    ),
     ("margin", "--margin", {"type": float}, "triplet margin"),
     ("miner", "--miner", {"choices": MINERS}, "triplet miner"),
     ("fixed_length", "--fixed-length", {"type": float}, "length of the 'fixed' curve model"),

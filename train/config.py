@@ -61,6 +61,11 @@ class TrainConfig:
     targets: str = "uniform"
     # weight of the SMR term, (1 - alpha) for TML. None: the paper's 0.2, or 0.6 for dimred.
     alpha: float | None = None
+    # epochs of TML alone before the SMR term is switched on. From random initialisation the
+    # first curves would be fitted to embeddings that do not yet separate the stages, and the
+    # SMR term would pull a lineage's classes together (the paper starts from ImageNet weights).
+    # Curves are fitted every epoch all the same. 0: the SMR term from the first epoch.
+    smr_warmup_epochs: int = 0
     # triplet margin (pytorch-metric-learning TripletMarginLoss; embeddings are unit length).
     margin: float = 0.2
     # triplet miner: pml TripletMarginMiner type ("all": every margin-violating triplet, i.e.
@@ -168,6 +173,7 @@ class TrainConfig:
             f"tsne_hidden={self.tsne_hidden} must be one or more layer widths >= 2",
         )
         check(self.tsne_lr > 0, f"tsne_lr={self.tsne_lr} must be > 0")
+        check(self.smr_warmup_epochs >= 0, f"smr_warmup_epochs={self.smr_warmup_epochs} must be >= 0")
         check(self.tsne_warmup_epochs >= 0, f"tsne_warmup_epochs={self.tsne_warmup_epochs} must be >= 0")
         check(self.embedding_dim >= 2, f"embedding_dim={self.embedding_dim} must be >= 2")
         check(0.0 <= self.dropout < 1.0, f"dropout={self.dropout} must lie in [0, 1)")

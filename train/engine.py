@@ -378,7 +378,7 @@ def _make_optimizer(config: TrainConfig, model: nn.Module, criterion: nn.Module)
 def _format_line(epoch: int, config: TrainConfig, m: dict[str, Any], best: tuple[float, int]) -> str:
     terms = f"tml {m['tml']:.4f}"
     if config.uses_smr:
-        terms += f" smr {m['smr']:.4f}"
+        terms += f" smr {m['smr']:.4f}" + (" off" if epoch <= config.smr_warmup_epochs else "")
     if config.uses_dimred:
         terms += f" tsne {m['tsne_kl']:.4f}"
     return (
@@ -578,6 +578,7 @@ def train(
         t0 = time.perf_counter()
         if loss_curves is not None:
             criterion.set_curves(loss_curves, spec)
+            criterion.smr_active = epoch > config.smr_warmup_epochs
         sampler.set_epoch(epoch)
         loader_generator.manual_seed(config.seed * 1000 + epoch)
         losses = train_one_epoch(

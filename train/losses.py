@@ -309,7 +309,8 @@ class SMRCriterion(nn.Module):
     ``forward(embeddings, labels)`` returns ``(total, terms)``; ``total = alpha * smr + (1 - alpha)
     * tml (+ tsne_kl)`` is what to backpropagate, ``terms`` maps :data:`TERM_NAMES` to detached
     scalars for logging (0 for terms a variant does not have). Without an SMR term (``tml``),
-    ``total = tml``.
+    ``total = tml``; with :attr:`smr_active` False (a TML warm-up), ``total = tml (+ tsne_kl)`` and
+    the SMR term is only logged.
 
     Args:
         tml: the triplet loss (``(embeddings, labels) -> scalar``).
@@ -339,6 +340,8 @@ class SMRCriterion(nn.Module):
         self.tsne = tsne
         self.alpha = float(alpha) if smr_term is not None else 0.0
         self.perplexity = float(perplexity)
+        # False during the TML warm-up: the SMR term is computed and logged but not optimised.
+        self.smr_active = True
 
     @property
     def loss(self) -> str:
@@ -400,6 +403,8 @@ class SMRCriterion(nn.Module):
         terms = self.compute_terms(embeddings, labels)
         if self.smr_term is None:
             total = terms["tml"]
+        elif not self.smr_active:
+            total = terms["tml"] + terms["tsne_kl"]
         else:
             total = self.alpha * terms["smr"] + (1.0 - self.alpha) * terms["tml"] + terms["tsne_kl"]
         logged = {"total": total.detach()}
@@ -407,7 +412,10 @@ class SMRCriterion(nn.Module):
         return total, logged
 
     def extra_repr(self) -> str:
-        return f"loss={self.loss!r}, alpha={self.alpha}, perplexity={self.perplexity}"
+        return (
+            f"loss={self.loss!r}, alpha={self.alpha}, perplexity={self.perplexity}, "
+            f"smr_active={self.smr_active}"
+        )
 
 
 def build_criterion(

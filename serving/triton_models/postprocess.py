@@ -1,8 +1,9 @@
 """Triton python model ``smr_postprocess``: embeddings -> SVM probabilities, class, curve positions.
 
 ``smr export`` copies this file to ``smr_postprocess/1/model.py``, next to ``curves.json``,
-``svm.json``, a copy of ``smr.core`` (``smr_core/``) and of the manifest checker
-(``smr_manifest.py``). It imports numpy, the standard library, Triton's
+``svm.json``, a copy of ``smr.core`` (``smr_core/``), of the manifest checker
+(``smr_manifest.py``) and of the tensor I/O shared with ``smr_backbone`` (``smr_triton_io.py``,
+from ``triton_io.py``). It imports numpy, the standard library, Triton's
 ``triton_python_backend_utils`` and those copies only, so it runs on a stock Triton image where
 the ``smr`` package is not installed (the python backend puts the version folder on ``sys.path``).
 
@@ -30,10 +31,10 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 
 import numpy as np
+import smr_triton_io as triton_io
 import triton_python_backend_utils as pb_utils
 from smr_core.curves_json import curves_from_json, project_all
 from smr_core.svm import RbfSvm
@@ -54,82 +55,28 @@ POSITION_BUCKETS = [round(0.05 * i, 2) for i in range(1, 21)]
 SECONDS_BUCKETS = [1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 2.5]
 
 
-class BadRequest(ValueError):
-    """A request the model cannot answer; becomes an INVALID_ARGUMENT error for that request only."""
-
-
-def _parameter(config: dict, key: str, default: str) -> str:
-    value = config.get("parameters", {}).get(key, {}).get("string_value")
-    return value if value else default
-
-
-def _as_array(tensor) -> np.ndarray:
-    """The tensor's data, through DLPack: under numpy 2 the python backend stub of Triton 2.51 (the
-    embedded server) sends empty outputs for ``pb_utils.Tensor(name, array)``, so tensors go through
-    DLPack both ways (``as_numpy()`` is the same numpy binding); DLPack works on Triton since 22.x."""
-    try:
-        return np.from_dlpack(tensor)
-    except (TypeError, ValueError, BufferError, RuntimeError) as exc:
-        raise BadRequest(f"input tensor {tensor.name()}: unsupported data ({exc})") from None
-
-
-_DLPACK_CAPSULE_NOISE = "PyCapsule_GetPointer called with incorrect name"
-
-
-def _silence_dlpack_capsule_noise() -> None:
-    """Drop one harmless "Exception ignored" traceback that every response would otherwise print.
-
-    With numpy 2, the python backend stub of Triton 2.51 (the embedded server) consumes the DLPack
-    capsule of each output by a name numpy's capsule destructor does not expect; the destructor
-    then reports ``ValueError: PyCapsule_GetPointer called with incorrect name`` through
-    ``sys.unraisablehook`` although the tensor was already handed over intact. This wraps the
-    hook in place: exactly that message is dropped, everything else goes to the previous hook.
-    """
-    previous = sys.unraisablehook
-    if getattr(previous, "drops_dlpack_capsule_noise", False):
-        return
-
-    def hook(unraisable) -> None:
-        exc = unraisable.exc_value
-        if isinstance(exc, ValueError) and str(exc) == _DLPACK_CAPSULE_NOISE:
-            return
-        previous(unraisable)
-
-    hook.drops_dlpack_capsule_noise = True
-    sys.unraisablehook = hook
-
-
-def _output(name: str, array: np.ndarray):
-    return pb_utils.Tensor.from_dlpack(name, np.ascontiguousarray(array))
-
-
-def _error(message: str, code: str = "INVALID_ARG"):
-    code_value = getattr(pb_utils.TritonError, code, None)
-    if code_value is None:  # python backends before error codes existed
-        return pb_utils.TritonError(message)
-    return pb_utils.TritonError(message, code_value)
-
-
 class TritonPythonModel:
     """SVM probabilities and curve projections of a batch of embeddings (numpy only)."""
 
     def initialize(self, args: dict) -> None:
-        _silence_dlpack_capsule_noise()
+        triton_io.silence_dlpack_capsule_noise()
         config = json.loads(args["model_config"])
         self.model_name = args.get("model_name", "smr_postprocess")
         model_dir = args["model_repository"]
         version_dir = os.path.join(model_dir, str(args.get("model_version", "1")))
 
         manifest_path = os.path.normpath(
-            os.path.join(model_dir, _parameter(config, "manifest_file", "../MANIFEST.json"))
+            os.path.join(model_dir, triton_io.config_parameter(config, "manifest_file", "../MANIFEST.json"))
         )
         try:
             verify_manifest(os.path.dirname(manifest_path))
         except ManifestError as exc:
             raise ValueError(f"{self.model_name}: refusing to load: {exc}") from None
 
-        curves_path = os.path.join(version_dir, _parameter(config, "curves_file", "curves.json"))
-        svm_path = os.path.join(version_dir, _parameter(config, "svm_file", "svm.json"))
+        curves_path = os.path.join(
+            version_dir, triton_io.config_parameter(config, "curves_file", "curves.json")
+        )
+        svm_path = os.path.join(version_dir, triton_io.config_parameter(config, "svm_file", "svm.json"))
         with open(curves_path, encoding="utf-8") as fh:
             self.curves = curves_from_json(json.load(fh))
         with open(svm_path, encoding="utf-8") as fh:
@@ -224,18 +171,9 @@ class TritonPythonModel:
 
     # ------------------------------------------------------------------------------------------
     def _embedding(self, request) -> np.ndarray:
-        tensor = pb_utils.get_input_tensor_by_name(request, INPUT)
-        if tensor is None:
-            raise BadRequest(f"input tensor {INPUT} is missing")
-        x = _as_array(tensor)
-        if x.dtype != np.float32:
-            raise BadRequest(f"input tensor {INPUT}: expected data type FP32, got {x.dtype}")
-        if x.ndim != 2 or x.shape[1] != self.embedding_dim:
-            raise BadRequest(
-                f"input tensor {INPUT}: expected shape [batch, {self.embedding_dim}], got {list(x.shape)}"
-            )
+        x = triton_io.input_array(request, INPUT, "FP32", (self.embedding_dim,))
         if not np.all(np.isfinite(x)):
-            raise BadRequest(f"input tensor {INPUT}: contains NaN or infinite values")
+            raise triton_io.BadRequest(f"input tensor {INPUT}: contains NaN or infinite values")
         return x
 
     def compute(self, X: np.ndarray) -> dict[str, np.ndarray]:
@@ -254,31 +192,10 @@ class TritonPythonModel:
 
     def execute(self, requests):
         start = time.perf_counter()
-        responses = [None] * len(requests)
-        batch, owners = [], []
-        for i, request in enumerate(requests):
-            try:
-                batch.append(self._embedding(request))
-                owners.append(i)
-            except BadRequest as exc:
-                responses[i] = pb_utils.InferenceResponse(output_tensors=[], error=_error(str(exc)))
-        if batch:
-            X = np.concatenate(batch) if len(batch) > 1 else batch[0]
-            try:
-                outputs = self.compute(X)
-            except Exception as exc:  # answer every request rather than failing the whole execute
-                for i in owners:
-                    responses[i] = pb_utils.InferenceResponse(
-                        output_tensors=[],
-                        error=_error(f"{self.model_name}: {type(exc).__name__}: {exc}", "INTERNAL"),
-                    )
-                return responses
-            offset = 0
-            for i, x in zip(owners, batch, strict=True):
-                rows = slice(offset, offset + len(x))
-                offset += len(x)
-                tensors = [_output(name, value[rows]) for name, value in outputs.items()]
-                responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
+        responses, X, outputs = triton_io.batched_responses(
+            requests, self._embedding, self.compute, self.model_name
+        )
+        if outputs is not None:
             self._record(X, outputs)
         if self._seconds is not None:
             self._seconds.observe(time.perf_counter() - start)

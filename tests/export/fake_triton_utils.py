@@ -207,13 +207,14 @@ def load_model(repo: Path, model: str, version: str = "1"):
     """Import ``REPO/MODEL/VERSION/model.py`` as the python backend stub does; initialise it.
 
     Returns the ``TritonPythonModel`` instance. Its vendored modules (``smr_core``,
-    ``smr_manifest``) are imported from the repository, never from the installed package.
+    ``smr_manifest``, ``smr_triton_io``) are imported from the repository, never from the installed
+    package or the source tree, and fresh for each model (as each model has its own stub process).
     """
     model_dir = Path(repo) / model
     version_dir = model_dir / version
     config = parse_config(model_dir / "config.pbtxt")
     MetricFamily.registry = {}
-    vendored = ("smr_core", "smr_manifest")
+    vendored = ("smr_core", "smr_manifest", "smr_triton_io")
     saved = {k: sys.modules.pop(k) for k in list(sys.modules) if k.split(".")[0] in vendored}
     sys.modules["triton_python_backend_utils"] = _as_module()
     sys.path[:0] = [str(version_dir), str(model_dir)]

@@ -124,6 +124,30 @@ def test_bad_requests_get_invalid_argument_and_others_succeed(postprocess, run64
         np.testing.assert_array_equal(r.output("PROBABILITIES"), reference)
 
 
+def test_a_failing_computation_answers_every_request_with_internal(repo64):
+    """An exception in the batched computation becomes an INTERNAL error on each readable request of
+    the batch (a bad one keeps its own INVALID_ARG); the model keeps serving afterwards."""
+    model = fake.load_model(repo64, "smr_postprocess")
+    good = np.random.default_rng(1).normal(size=(2, 256)).astype(np.float32)
+    compute = model.compute
+
+    def broken(X):
+        raise FloatingPointError("overflow in the kernel")
+
+    model.compute = broken
+    responses = model.execute(
+        [fake.request(EMBEDDING=good), fake.request(EMBEDDING=good[:, :8]), fake.request(EMBEDDING=good)]
+    )
+    codes = [r.error().code() for r in responses]
+    assert codes == [fake.TritonError.INTERNAL, fake.TritonError.INVALID_ARG, fake.TritonError.INTERNAL]
+    for r in responses[::2]:
+        assert r.error().message() == "smr_postprocess: FloatingPointError: overflow in the kernel"
+        assert r.output_tensors() == []
+    model.compute = compute
+    (after,) = model.execute([fake.request(EMBEDDING=good)])
+    assert not after.has_error() and after.output("PROBABILITIES").shape[0] == 2
+
+
 def test_tampered_repository_is_refused_at_load(repo64, tmp_path):
     import shutil
 

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import fake_triton_utils as fake
 import onnx
 import pytest
 
@@ -14,7 +15,8 @@ from smr.export import tensors as T
 from smr.export.check import check_repository
 from smr.export.manifest import MANIFEST_FILE, ManifestError, sha256_file, verify_manifest, write_manifest
 from smr.export.pbtxt import parse_config, to_text
-from smr.export.repository import ExportOptions, export_repository
+from smr.export.repository import TRITON_IO_MODULE, ExportOptions, export_repository
+from smr.serving import triton_models
 from smr.train.rundir import RunDirError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -63,6 +65,33 @@ def test_layout_and_manifest_cover_every_file(repo64, run64):
     # no code in the data files: the served artifacts are JSON, ONNX and python sources only
     suffixes = {Path(f).suffix for f in manifest["files"]}
     assert suffixes <= {".pbtxt", ".onnx", ".py", ".json"}
+
+
+def test_python_models_carry_their_own_copy_of_the_shared_tensor_io(repo64, repo224_python):
+    """Every python model's folder holds ``smr_triton_io.py``, a byte copy of triton_io.py listed in
+    the manifest, and the model imports that copy (the installed ``smr`` is not there at serve time)."""
+    source = Path(triton_models.__file__).parent / "triton_io.py"
+    python_models = {repo64: ["smr_postprocess"], repo224_python: ["smr_backbone", "smr_postprocess"]}
+    for repo, models in python_models.items():
+        manifest = json.loads((repo / MANIFEST_FILE).read_text())
+        for model in models:
+            rel = f"{model}/1/{TRITON_IO_MODULE}"
+            assert (repo / rel).read_bytes() == source.read_bytes(), rel
+            assert manifest["files"][rel]["sha256"] == sha256_file(source)
+            loaded = fake.load_model(repo, model)
+            # each model's helpers come from its own folder, even right after another model's load
+            assert Path(loaded._module.triton_io.__file__) == repo / rel
+    # the onnxruntime backbone is no python model: nothing to import there
+    assert not (repo64 / "smr_backbone/1" / TRITON_IO_MODULE).exists()
+
+
+def test_a_missing_shared_tensor_io_is_named(repo_copy):
+    rel = f"smr_postprocess/1/{TRITON_IO_MODULE}"
+    (repo_copy / rel).unlink()
+    problems = check_repository(repo_copy).problems
+    assert f"{rel}: listed in MANIFEST.json but missing" in problems, problems
+    with pytest.raises(ModuleNotFoundError, match="smr_triton_io"):  # the model cannot load without it
+        fake.load_model(repo_copy, "smr_postprocess")
 
 
 def test_names_agree_between_graph_configs_and_ensemble(repo64, run64):

@@ -239,9 +239,16 @@ def test_early_stopping_keeps_the_best_epoch(blob_data, tmp_path, monkeypatch, t
 
     monkeypatch.setattr(engine, "evaluate", fake)
     states = []
-    config = tiny_config(epochs=6, patience=2, batch_size=8)
+    config = tiny_config(epochs=6, patience=2, batch_size=8, smr_warmup_epochs=1)
     result = engine.train(blob_data, tmp_path / "run", config, progress=False, on_epoch_end=states.append)
     assert result.epochs == 4 and result.stopped_early
+    # epoch 1 is the TML warm-up: the SMR term is logged but not in the total; then it is
+    rows = [s.row for s in states]
+    assert rows[0]["smr"] > 0 and rows[0]["total"] == pytest.approx(rows[0]["tml"], rel=1e-9)
+    alpha = config.effective_alpha
+    for row in rows[1:]:
+        assert row["total"] == pytest.approx(alpha * row["smr"] + (1 - alpha) * row["tml"], rel=1e-6)
+        assert row["total"] != pytest.approx(row["tml"], rel=1e-3)
     assert result.best_epoch == 2 and result.best_val_macro_f1 == 0.7
     assert [s.improved for s in states] == [True, True, False, False]
     saved = rundir.load_run(tmp_path / "run")

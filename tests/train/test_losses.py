@@ -283,6 +283,26 @@ def test_criterion_combines_the_terms(rng, loss):
     assert terms["tsne_kl"].item() == 0.0
 
 
+def test_warm_up_logs_the_smr_term_without_optimising_it(rng):
+    crit = build_criterion("normal", alpha=0.3)
+    dim = 6
+    curves = paper_curves(dim, "linear", rng)
+    crit.set_curves(curves, PAPER_SPEC)
+    x = torch.from_numpy(rng.normal(size=(30, dim))).requires_grad_()
+    y = torch.from_numpy(rng.integers(0, N_CLASSES, size=30))
+    crit.smr_active = False
+    total, terms = crit(x, y)
+    (grad_off,) = torch.autograd.grad(total, x)
+    (grad_tml,) = torch.autograd.grad(crit.tml(x, y), x)
+    smr = naive_smr(x.detach().numpy(), y.numpy(), curves, "normal").mean()
+    assert terms["smr"].item() == pytest.approx(smr)
+    assert total.item() == pytest.approx(terms["tml"].item(), rel=1e-12)
+    torch.testing.assert_close(grad_off, grad_tml)  # the TML gradient at full weight, no SMR part
+    crit.smr_active = True
+    total, terms = crit(x, y)
+    assert total.item() == pytest.approx(0.3 * terms["smr"].item() + 0.7 * terms["tml"].item(), rel=1e-9)
+
+
 @pytest.mark.parametrize("loss", ["dimred", "projected+dimred"])
 def test_dimred_gradient_routing(rng, loss):
     torch.manual_seed(0)
