@@ -243,7 +243,7 @@ def test_early_stopping_keeps_the_best_epoch(blob_data, tmp_path, monkeypatch, t
     result = engine.train(blob_data, tmp_path / "run", config, progress=False, on_epoch_end=states.append)
     assert result.epochs == 4 and result.stopped_early
     # epoch 1 is the TML warm-up: the SMR term is logged but not in the total; then it is
-    rows = [s.row for s in states]
+    rows = [s.metrics for s in states]
     assert rows[0]["smr"] > 0 and rows[0]["total"] == pytest.approx(rows[0]["tml"], rel=1e-9)
     alpha = config.effective_alpha
     for row in rows[1:]:
