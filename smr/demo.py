@@ -55,29 +55,18 @@ def _smr(argv: list[str]) -> None:
         raise SystemExit(f"smr demo: `smr {' '.join(map(str, argv))}` failed with exit code {code}")
 
 
-def _training_finished(run_dir: Path) -> bool:
-    """A run's config.json gets its ``result`` when training ends (an interrupted run has none)."""
+def _reusable(out: Path, step: str, settings: dict, complete: bool) -> bool:
+    """Whether a ``complete`` output of ``step`` was made with ``settings`` (see :func:`_record`)."""
     try:
-        return "result" in json.loads((run_dir / "config.json").read_text())
+        return complete and json.loads((out / f".demo-{step}.json").read_text()) == settings
     except (OSError, ValueError):
         return False
 
 
-def _reusable(out: Path, step: str, settings: dict, complete: bool) -> bool:
-    """Whether a ``complete`` output of ``step`` was made with ``settings``; records them if not.
-
-    The record is written before the step runs; an interrupted step leaves an incomplete output
-    (each step writes what ``complete`` looks for last), so the next demo runs it again.
-    """
-    record = out / f".demo-{step}.json"
-    try:
-        same = json.loads(record.read_text()) == settings
-    except (OSError, ValueError):
-        same = False
-    if same and complete:
-        return True
-    record.write_text(json.dumps(settings, sort_keys=True))
-    return False
+def _record(out: Path, step: str, settings: dict) -> None:
+    """Note the settings ``step`` just succeeded with; a failed step keeps the old note, so the
+    next demo does not take an output made with other settings for its own."""
+    (out / f".demo-{step}.json").write_text(json.dumps(settings, sort_keys=True))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -98,14 +87,18 @@ def run(args: argparse.Namespace) -> int:
     if args.fresh or not _reusable(out, "synth", synth, (data / "manifest.csv").is_file()):
         _smr(["synth", data, "--n-cells", args.cells, "--size", args.image_size, "--seed", args.seed,
               "--overwrite"])
+        _record(out, "synth", synth)
     _done(t0, "patches ready")
 
     t0 = _step(f"2/5 training SMR (linear/uniform/normal, alpha {args.alpha}) -> {run_dir}")
-    if args.fresh or not _reusable(out, "train", training, _training_finished(run_dir)):
+    from smr.train.rundir import is_complete
+
+    if args.fresh or not _reusable(out, "train", training, is_complete(run_dir)):
         _smr(["train", data, "--out", run_dir, "--overwrite", "--image-size", args.image_size,
               "--epochs", args.epochs, "--loss", "normal", "--curve", "linear", "--targets", "uniform",
               "--alpha", args.alpha, "--batch-size", 32, "--lr", 5e-4, "--workers", 0, "--seed", args.seed,
               "--no-progress"])
+        _record(out, "train", training)
     _done(t0, "run directory written")
 
     t0 = _step(f"3/5 export to a Triton model repository -> {repo}")
@@ -116,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
     slide = {"cells": args.slide_cells, "seed": args.seed + 1}
     if args.fresh or not _reusable(out, "slide", slide, (slide_dir / "detections.csv").is_file()):
         _smr(["synth-slide", slide_dir, "--cells", args.slide_cells, "--seed", args.seed + 1, "--overwrite"])
+        _record(out, "slide", slide)
     _done(t0, "slide and detections written")
 
     t0 = _step("5/5 serving with a local Triton and scoring the slide over gRPC")
