@@ -32,6 +32,12 @@ def add_parsers(subparsers) -> None:
         help="weight of the SMR term (default: %(default)s; the paper's 0.2 held training back from "
         "random initialisation, see docs/training.md)",
     )
+    p.add_argument(
+        "--warmup-epochs",
+        type=int,
+        default=2,
+        help="epochs of TML alone before the SMR term (default: %(default)s, see docs/training.md)",
+    )
     p.add_argument("--slide-cells", type=int, default=600, help="cells on the slide (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--fresh", action="store_true", help="redo every step even when its output exists")
@@ -82,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
 
     synth = {"cells": args.cells, "size": args.image_size, "seed": args.seed}
-    training = {**synth, "epochs": args.epochs, "alpha": args.alpha}
+    training = {**synth, "epochs": args.epochs, "alpha": args.alpha, "warmup": args.warmup_epochs}
     t0 = _step(f"1/5 synthetic marrow: {args.cells} patches of {args.image_size} px -> {data}")
     if args.fresh or not _reusable(out, "synth", synth, (data / "manifest.csv").is_file()):
         _smr(["synth", data, "--n-cells", args.cells, "--size", args.image_size, "--seed", args.seed,
@@ -90,14 +96,17 @@ def run(args: argparse.Namespace) -> int:
         _record(out, "synth", synth)
     _done(t0, "patches ready")
 
-    t0 = _step(f"2/5 training SMR (linear/uniform/normal, alpha {args.alpha}) -> {run_dir}")
+    t0 = _step(
+        f"2/5 training SMR (linear/uniform/normal, alpha {args.alpha}, "
+        f"{args.warmup_epochs} warm-up epochs) -> {run_dir}"
+    )
     from smr.train.rundir import is_complete
 
     if args.fresh or not _reusable(out, "train", training, is_complete(run_dir)):
         _smr(["train", data, "--out", run_dir, "--overwrite", "--image-size", args.image_size,
               "--epochs", args.epochs, "--loss", "normal", "--curve", "linear", "--targets", "uniform",
-              "--alpha", args.alpha, "--batch-size", 32, "--lr", 5e-4, "--workers", 0, "--seed", args.seed,
-              "--no-progress"])
+              "--alpha", args.alpha, "--smr-warmup-epochs", args.warmup_epochs, "--batch-size", 32,
+              "--lr", 5e-4, "--workers", 0, "--seed", args.seed, "--no-progress"])
         _record(out, "train", training)
     _done(t0, "run directory written")
 
