@@ -25,7 +25,7 @@ from torch import nn
 from torchvision.models import densenet121
 
 from smr.core.lineages import PAPER_SPEC
-from smr.train.dataset import normalize, train_transform
+from smr.train.dataset import BatchAugment, normalize
 from smr.train.engine import fit_lineage_curves
 from smr.train.losses import build_criterion
 from smr.train.model import IMAGENET_MEAN, IMAGENET_STD, smr_net
@@ -90,14 +90,13 @@ def torchvision_step(size: int, batch_size: int, args: argparse.Namespace):
 
 def augmentation_rate(size: int, n: int = 64) -> float:
     """Images/s of the training augmentation (rotation, resized crop, flips) on one thread."""
-    transform = train_transform(size, crop_scale=(0.7, 1.0), rotation=True, flips=True)
-    img = torch.randint(0, 256, (3, size, size), dtype=torch.uint8)
+    augment = BatchAugment(crop_scale=(0.7, 1.0), rotation=True, flips=True)
+    batch = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         start = time.perf_counter()
-        for _ in range(n):
-            transform(img)
+        augment(batch)
         return n / (time.perf_counter() - start)
     finally:
         torch.set_num_threads(threads)

@@ -31,6 +31,9 @@ _EXPORTS = {
     "score_slide": "scoring",
     "SlideScore": "scoring",
     "differential_count": "summary",
+    "DifferentialCount": "summary",
+    "proportion_interval": "summary",
+    "recount": "recount",
 }
 
 __all__ = sorted(_EXPORTS)

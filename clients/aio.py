@@ -85,6 +85,7 @@ class AsyncSMRClient:
         self._aio = aioclient
         self._grpc = aioclient.InferenceServerClient(**self.options.client_kwargs())
         self._info: ModelInfo | None = None
+        self._server_version: str | None = None
         self._outputs: list | None = None  # known once the server's config is (see infer)
 
     async def _with_retries(self, call: Callable[[], Awaitable[Any]], what: str) -> Any:
@@ -124,6 +125,16 @@ class AsyncSMRClient:
                 raise ModelConfigError(f"asked for model {self.options.model!r}, got {info.name!r}")
             self._info = info
         return self._info
+
+    async def get_server_version(self) -> str:
+        """The server's version from its metadata (Triton's), fetched once."""
+        if self._server_version is None:
+            meta = await self._with_retries(
+                lambda: self._grpc.get_server_metadata(as_json=True, client_timeout=self.options.timeout),
+                "its metadata",
+            )
+            self._server_version = str(meta.get("version", ""))
+        return self._server_version
 
     async def get_batch_size(self) -> int:
         limit = (await self.get_info()).max_batch_size

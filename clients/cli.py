@@ -3,81 +3,86 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
+
+from smr.core.lineages import MPP_RANGE
 
 DEFAULT_URL = os.environ.get("SMR_URL", "127.0.0.1:8001")
 DEFAULT_MARGIN = 0.03  # kept equal to smr.clients.results.DEFAULT_MARGIN (imported lazily there)
 COMPRESSIONS = ("none", "gzip", "deflate")
 
 
-def _positive_int(text: str) -> int:
+def _number(text: str, kind: type) -> int | float:
     try:
-        value = int(text)
+        value = kind(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} must be >= 1")
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not {'an integer' if kind is int else 'a number'}"
+        ) from None
+    if kind is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text} is not a finite number")
     return value
 
 
-def _non_negative_int(text: str) -> int:
+def _bounded(kind: type, lo: float, hi: float, what: str, *, open_low: bool = False):
+    """An argparse type: a ``kind`` in ``[lo, hi]`` (``(lo, hi]`` with ``open_low``), else a message."""
+
+    def convert(text: str) -> int | float:
+        value = _number(text, kind)
+        if value > hi or value < lo or (open_low and value == lo):
+            low = f"> {lo:g}" if open_low else f">= {lo:g}"
+            raise argparse.ArgumentTypeError(f"{text} is out of range: {what} must be {low} and <= {hi:g}")
+        return value
+
+    convert.__name__ = what  # argparse names the type in its messages
+    return convert
+
+
+_positive_int = _bounded(int, 1, 4096, "a count")
+_margin = _bounded(float, 0.0, 0.5, "the margin")
+_port = _bounded(int, 1, 65535, "a TCP port")
+_timeout = _bounded(float, 0.0, 86400.0, "seconds", open_low=True)
+_retries = _bounded(int, 0, 100, "retries")
+_in_flight = _bounded(int, 1, 256, "requests in flight")
+_parallel = _bounded(int, 1, 64, "slides at once")
+_gallery = _bounded(int, 0, 10000, "cells")
+_level = _bounded(int, 0, 64, "a pyramid level")
+_mpp = _bounded(float, MPP_RANGE[0], MPP_RANGE[1], "microns per pixel")
+
+
+def _url(text: str) -> str:
+    from smr.clients.client import check_url
+
     try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text} must be >= 0")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text} must be > 0")
-    return value
-
-
-def _margin(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 <= value <= 0.5:
-        raise argparse.ArgumentTypeError(f"{text} must be in 0..0.5 (a distance in curve position t)")
-    return value
-
-
-def _port(text: str) -> int:
-    value = _non_negative_int(text)
-    if value > 65535:
-        raise argparse.ArgumentTypeError(f"{text} is not a TCP port (1-65535)")
-    return value
+        return check_url(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix(f"--url {text}: ")) from None
 
 
 def _add_server_args(p: argparse.ArgumentParser, *, metrics: bool = True) -> None:
     g = p.add_argument_group("server")
     g.add_argument(
         "--url",
+        type=_url,
         default=DEFAULT_URL,
         metavar="HOST:PORT",
-        help="gRPC address of the SMR server (default: $SMR_URL or %(default)s)",
+        help="gRPC address of the SMR server, no scheme (default: $SMR_URL or %(default)s; Triton serves "
+        "gRPC on 8001, HTTP on 8000)",
     )
     g.add_argument("--model", default="smr", help="name of the ensemble (default: %(default)s)")
     g.add_argument(
         "--timeout",
-        type=_positive_float,
+        type=_timeout,
         default=120.0,
         metavar="S",
         help="seconds one request (a whole batch) may take (default: %(default)s)",
     )
     g.add_argument(
         "--retries",
-        type=_non_negative_int,
+        type=_retries,
         default=4,
         metavar="N",
         help="retries with exponential back-off while the server is unavailable (default: %(default)s)",
@@ -90,7 +95,7 @@ def _add_server_args(p: argparse.ArgumentParser, *, metrics: bool = True) -> Non
     )
     g.add_argument(
         "--max-in-flight",
-        type=_positive_int,
+        type=_in_flight,
         default=4,
         metavar="N",
         help="requests awaiting an answer at once (default: %(default)s)",
@@ -130,17 +135,17 @@ def _add_geometry_args(p: argparse.ArgumentParser) -> None:
     res = g.add_mutually_exclusive_group()
     res.add_argument(
         "--mpp",
-        type=_positive_float,
+        type=_mpp,
         metavar="UM",
-        help="microns per pixel the model expects; the best pyramid level is read and rescaled "
-        "(default: level 0 as it is)",
+        help="microns per pixel of the patches sent; the best pyramid level is read and rescaled "
+        "(default: the scale the model was trained at, as its server states it)",
     )
-    res.add_argument("--level", type=_non_negative_int, metavar="N", help="read this pyramid level as it is")
+    res.add_argument("--level", type=_level, metavar="N", help="read this pyramid level as it is, unscaled")
     g.add_argument(
         "--slide-mpp",
-        type=_positive_float,
+        type=_mpp,
         metavar="UM",
-        help="the slide's microns per pixel at level 0, when its file does not say",
+        help="the slide's microns per pixel at level 0, when its file does not say (or says wrong)",
     )
 
 
@@ -154,7 +159,7 @@ def _add_output_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--gallery",
-        type=_non_negative_int,
+        type=_gallery,
         default=36,
         metavar="N",
         help="borderline cells shown in the report (default: %(default)s)",
@@ -215,7 +220,7 @@ def add_parsers(subparsers) -> None:
     slides.add_argument("--out", required=True, metavar="DIR", help="output folder")
     slides.add_argument(
         "--parallel",
-        type=_positive_int,
+        type=_parallel,
         default=2,
         metavar="N",
         help="slides scored at once (default: %(default)s)",
@@ -274,40 +279,55 @@ def _client(args: argparse.Namespace, metrics, extra: dict):
 
 
 def run_classify(args: argparse.Namespace) -> int:
-    from smr.clients.errors import SMRClientError
+    from smr.clients.errors import InputError, SMRClientError
     from smr.clients.images import find_images, load_image
 
     out = Path(args.out) if args.out else None
     if out is not None and out.suffix.lower() not in (".csv", ".json"):
         return _fail("classify", f"--out {out}: unknown format {out.suffix!r}; valid: .csv, .json")
+    skipped: list[str] = []  # "path: reason" of the images that could not be read
     try:
-        files = find_images(args.paths)
-        if not files:
+        found = find_images(args.paths)
+        if not found:
             return _fail("classify", "no image files found in " + ", ".join(args.paths))
         with make_client(args, resize=args.resize, embeddings=args.embeddings) as client:
             size = client.info.image_size
-            images = []
-            for f in files:
-                image = load_image(f)
+            files, images = [], []
+            for f in found:
+                try:
+                    image = load_image(f)
+                except InputError as exc:  # a damaged file: skip it, classify the others
+                    skipped.append(str(exc))
+                    continue
                 if not args.resize and image.shape[:2] != (size, size):
                     return _fail(
                         "classify",
                         f"{f}: size {image.shape[1]}x{image.shape[0]} but the server "
                         f"expects {size}x{size}; pass --resize to resize",
                     )
+                files.append(f)
                 images.append(image)
             cells = client.classify(images, progress=len(images) > 256 and not args.quiet)
     except SMRClientError as exc:
         return _fail("classify", str(exc), 2 if isinstance(exc, ValueError) else 1)
     except ValueError as exc:
         return _fail("classify", str(exc))
-    if not args.quiet:
+    if not args.quiet and files:
         print(format_table(files, cells))
-    if out is not None:
+    if out is not None and files:
         from smr.clients.outputs import write_classify_output
 
         write_classify_output(out, files, cells)
         print(f"wrote {out}", file=sys.stderr)
+    if skipped:
+        for line in skipped:
+            print(f"skipped {line}", file=sys.stderr)
+        return _fail(
+            "classify",
+            f"{len(skipped)} of {len(found)} images were skipped because they could not be read (listed "
+            f"above); the other {len(files)} were classified",
+            1,
+        )
     return 0
 
 
@@ -332,10 +352,32 @@ def format_table(files, cells) -> str:
     return "\n".join(lines)
 
 
+def format_provenance(prov) -> str:
+    """summary.json's ``"provenance"`` as terminal lines."""
+    if not prov:
+        return "model provenance: unknown"
+
+    def show(key: str) -> str:
+        value = prov.get(key)
+        return "unknown" if value is None or value == "" else str(value)
+
+    scale = prov.get("model_microns_per_pixel")
+    lines = [
+        f"model: run {show('run_id')}, trained on {show('training_data')} "
+        f"({show('training_images')} images), validation macro F1 {show('val_macro_f1')}, scale "
+        + ("unknown" if scale is None else f"{scale:.4g} µm/px"),
+        f"       manifest sha256 {show('manifest_sha256')}, SMR {show('smr_version')}, "
+        f"Triton {show('triton_version')}",
+        f"{show('notice')}",
+    ]
+    return "\n".join(lines)
+
+
 def _print_slide_summary(score) -> None:
     from smr.clients.summary import format_count
 
     print(format_count(score.count, score.reference))
+    print(format_provenance(score.provenance))
     c = score.count
     me = "n/a" if c.me_ratio is None else f"{c.me_ratio:.2f}"
     blasts = "n/a" if c.blast_percentage is None else f"{c.blast_percentage:.1f} %"
@@ -385,7 +427,7 @@ def run_score_slide(args: argparse.Namespace) -> int:
 def run_score_slides(args: argparse.Namespace) -> int:
     from smr.clients.batch import find_jobs, run_jobs, summary_rows, write_summary
     from smr.clients.errors import InputError, SMRClientError
-    from smr.clients.scoring import score_slide
+    from smr.clients.scoring import model_scale, score_slide
 
     out = Path(args.out)
     try:
@@ -394,11 +436,24 @@ def run_score_slides(args: argparse.Namespace) -> int:
         return _fail("score-slides", str(exc))
     for s in skipped:
         print(f"skipped {s}", file=sys.stderr)
+    if args.level is None and args.slide_mpp is None:
+        unknown = _slides_without_resolution([job.slide for job in jobs])
+        if unknown:
+            names = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+            return _fail(
+                "score-slides",
+                f"{len(unknown)} of {len(jobs)} slides do not state their resolution (microns per pixel): "
+                f"{names}; pass --slide-mpp UM, or read a pyramid level as it is with --level N",
+            )
+    client = None
     try:
         client = make_client(args)
         info = client.info
+        model_scale(info, client.url, args.mpp, args.level)
     except SMRClientError as exc:
-        return _fail("score-slides", str(exc), 1)
+        if client is not None:
+            client.close()
+        return _fail("score-slides", str(exc), 2 if isinstance(exc, InputError) else 1)
     out.mkdir(parents=True, exist_ok=True)
     per_slide_bars = args.parallel == 1 and not args.no_progress
 
@@ -447,6 +502,23 @@ def run_score_slides(args: argparse.Namespace) -> int:
         )
         return 1
     return 0
+
+
+def _slides_without_resolution(paths) -> list[str]:
+    """Names of the slides whose files do not state their microns per pixel (unreadable ones are left
+    to fail on their own, with their own message)."""
+    from smr.clients.errors import InputError
+    from smr.clients.slides import open_slide
+
+    unknown = []
+    for path in paths:
+        try:
+            with open_slide(path) as slide:
+                if slide.mpp is None:
+                    unknown.append(Path(path).name)
+        except InputError:
+            continue
+    return unknown
 
 
 def format_summary(rows) -> str:

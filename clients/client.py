@@ -26,7 +26,15 @@ from .metrics import ClientMetrics
 from .model_info import ModelInfo, model_info_from_config
 from .results import DEFAULT_MARGIN, BatchOutputs, CellResult, cells_from_outputs
 
-__all__ = ["SMRClient", "ConnectionOptions", "COMPRESSIONS", "DEFAULT_URL", "OUTPUTS", "parse_outputs"]
+__all__ = [
+    "SMRClient",
+    "ConnectionOptions",
+    "COMPRESSIONS",
+    "DEFAULT_URL",
+    "OUTPUTS",
+    "check_url",
+    "parse_outputs",
+]
 
 K = TypeVar("K")
 
@@ -40,6 +48,48 @@ INPUT = "IMAGE"
 
 UNAVAILABLE = "StatusCode.UNAVAILABLE"
 DEADLINE = "StatusCode.DEADLINE_EXCEEDED"
+#: Triton's default ports: HTTP/REST, which SMR clients do not speak, and gRPC, which they do.
+TRITON_HTTP_PORT, TRITON_GRPC_PORT = 8000, 8001
+# what gRPC says when the address answers, but not with HTTP/2 (e.g. Triton's HTTP/1.1 port)
+_HTTP1_SIGNS = ("Failed parsing HTTP/2", "http1.x server", "Trying to connect an http1")
+
+
+def check_url(url: str) -> str:
+    """``url`` if it is a gRPC ``HOST:PORT``; ``ValueError`` with a hint for ``http://...`` and friends."""
+    text = url.strip()
+    if "://" in text:
+        scheme, rest = text.split("://", 1)
+        address = rest.split("/", 1)[0]
+        tls = " and --ssl for TLS" if scheme.lower() in ("https", "grpcs") else ""
+        raise ValueError(
+            f"--url {url}: give HOST:PORT without a scheme ({scheme}://), e.g. --url {address}{tls}"
+        )
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"--url {url}: expected HOST:PORT, e.g. 127.0.0.1:{TRITON_GRPC_PORT}")
+    return text
+
+
+def _port_of(url: str) -> int | None:
+    port = url.rpartition(":")[2]
+    return int(port) if port.isdigit() else None
+
+
+def http_port_hint(url: str, detail: str = "") -> str:
+    """A hint when ``url`` looks like Triton's HTTP port rather than its gRPC port ("" otherwise)."""
+    answered_http = any(sign.lower() in detail.lower() for sign in _HTTP1_SIGNS)
+    if not answered_http and _port_of(url) != TRITON_HTTP_PORT:
+        return ""
+    host = url.rpartition(":")[0]
+    what = (
+        f"{url} answers, but not with gRPC: is it Triton's HTTP port? SMR"
+        if answered_http
+        else f"port {TRITON_HTTP_PORT} is Triton's HTTP port, but SMR"
+    )
+    return (
+        f"; {what} clients speak gRPC, which Triton serves on port {TRITON_GRPC_PORT} by default "
+        f"(--url {host}:{TRITON_GRPC_PORT})"
+    )
 
 
 @dataclass(frozen=True)
@@ -60,6 +110,7 @@ class ConnectionOptions:
     max_message_bytes: int = MAX_MESSAGE_BYTES
 
     def __post_init__(self) -> None:
+        check_url(self.url)
         if self.compression not in (None, *COMPRESSIONS):
             raise ValueError(f"unknown compression {self.compression!r}; valid: {', '.join(COMPRESSIONS)}")
         if self.timeout <= 0:
@@ -118,16 +169,20 @@ def unavailable_error(
             "(--timeout) or lower the batch size (--batch-size)"
         )
     detail = exc.message() if callable(getattr(exc, "message", None)) else str(exc)
+    hint = http_port_hint(options.url, detail)
     return ServerUnavailableError(
         f"SMR server at {options.url} is unavailable ({detail.strip() or 'no answer'}) after {attempts} "
-        f"attempt(s); is it running? (start one with `smr serve`)"
+        f"attempt(s)" + (hint or "; is it running? (start one with `smr serve`)")
     )
 
 
 def request_error(options: ConnectionOptions, exc: BaseException, what: str) -> ServerRequestError:
     detail = exc.message() if callable(getattr(exc, "message", None)) else str(exc)
     status = status_of(exc).replace("StatusCode.", "") or "error"
-    return ServerRequestError(f"SMR server at {options.url} refused {what}: {status}: {detail}")
+    return ServerRequestError(
+        f"SMR server at {options.url} refused {what}: {status}: {detail}"
+        + http_port_hint(options.url, detail)
+    )
 
 
 def parse_outputs(result: Any, n: int, info: ModelInfo, *, embeddings: bool) -> BatchOutputs:
@@ -252,6 +307,7 @@ class SMRClient:
         self._grpc_module = grpcclient
         self._grpc = grpcclient.InferenceServerClient(**self.options.client_kwargs())
         self._info: ModelInfo | None = None
+        self._server_version: str | None = None
         self._info_lock = threading.Lock()
         # bounds the requests in flight across every caller sharing this client (e.g. score-slides)
         self._gate = threading.BoundedSemaphore(max_in_flight)
@@ -301,6 +357,18 @@ class SMRClient:
                 if self._info.name != self.options.model:
                     raise ModelConfigError(f"asked for model {self.options.model!r}, got {self._info.name!r}")
             return self._info
+
+    @property
+    def server_version(self) -> str:
+        """The server's version from its metadata (Triton's, e.g. ``"2.51.0"``), fetched once."""
+        with self._info_lock:
+            if self._server_version is None:
+                meta = self._with_retries(
+                    lambda: self._grpc.get_server_metadata(as_json=True, client_timeout=self.options.timeout),
+                    "its metadata",
+                )
+                self._server_version = str(meta.get("version", ""))
+            return self._server_version
 
     def requested_outputs(self) -> list:
         """The outputs to ask for: what the results need, plus what the ensemble insists on."""

@@ -247,6 +247,10 @@ def feature_uuid(detection_id: str) -> str:
     return str(uuid.uuid5(_UUID_NAMESPACE, detection_id))
 
 
+def _number_or_none(value: Any) -> float | None:
+    return None if value in ("", None) else float(value)
+
+
 def cells_feature_collection(
     records: Iterable[Mapping[str, Any]],
     geometries: Mapping[str, Mapping[str, Any]],
@@ -257,16 +261,24 @@ def cells_feature_collection(
 
     ``records`` are rows of ``cells.csv`` (scored cells only); ``geometries`` maps ids to original
     polygons (others become Points). Numeric results go to ``measurements`` (what QuPath shows and
-    plots); the full result, strings included, is under ``properties["smr"]``.
+    plots): the probability of the class, every class's probability (``SMR p(<class>)``, from the
+    records' ``p_<class>`` columns), position and distance per lineage, the flag for review (0/1);
+    the full result, strings included, is under ``properties["smr"]`` (QuPath drops it on export;
+    ``smr recount`` matches cells by ``name``, the detection id).
     """
     features = []
     for r in records:
         det_id = str(r["id"])
         measurements: dict[str, float] = {"SMR probability": float(r["probability"])}
+        if r.get("margin") not in (None, ""):
+            measurements["SMR margin"] = float(r["margin"])
         for name in lineage_names:
             measurements[f"SMR {name} position"] = float(r[f"position_{name}"])
             measurements[f"SMR {name} distance"] = float(r[f"distance_{name}"])
         measurements["SMR borderline"] = 1.0 if r["borderline"] else 0.0
+        probabilities = {k[2:]: float(v) for k, v in r.items() if k.startswith("p_") and v not in ("", None)}
+        for name, value in probabilities.items():
+            measurements[f"SMR p({name})"] = value
         geometry = geometries.get(det_id) or {"type": "Point", "coordinates": [float(r["x"]), float(r["y"])]}
         features.append(
             {
@@ -281,14 +293,20 @@ def cells_feature_collection(
                     "measurements": measurements,
                     "smr": {
                         "id": det_id,
+                        "x": float(r["x"]),
+                        "y": float(r["y"]),
                         "class": r["class"],
                         "probability": float(r["probability"]),
+                        "runner_up": r.get("runner_up") or None,
+                        "margin": _number_or_none(r.get("margin")),
                         "lineage": r["lineage"] or None,
-                        "position": None if r["position"] in ("", None) else float(r["position"]),
-                        "distance": None if r["distance"] in ("", None) else float(r["distance"]),
+                        "position": _number_or_none(r["position"]),
+                        "curve_end": r.get("curve_end") or None,
+                        "distance": _number_or_none(r["distance"]),
                         "stage_estimate": r["stage_estimate"] or None,
                         "borderline": bool(r["borderline"]),
                         "borderline_reason": r.get("borderline_reason", ""),
+                        "probabilities": probabilities,
                     },
                 },
             }

@@ -6,12 +6,19 @@ batch is recorded. A run that is killed loses at most the batches in flight; run
 every id already in the journal. A line cut short by a kill is dropped when the journal is
 reopened. ``scoring-journal.json`` records what the rows mean (model classes and lineages, slide,
 detections, patch geometry); a journal written for something else is refused, not mixed in.
+
+Given the slide's path (``Journal.open(..., slide=PATH)``), the journal also keys the slide by the
+SHA-256 of its content, not only by its name, size and dimensions: a different slide saved under
+the same name is refused. The hash is computed once, streamed (slides are gigabytes), and cached
+beside the journal in ``scoring-journal.slide.json`` with the file's size, modification time and
+inode, so that resuming a run does not read the slide twice.
 """
 
 from __future__ import annotations
 
 import csv
 import fcntl
+import hashlib
 import io
 import json
 import os
@@ -26,11 +33,13 @@ from .errors import InputError
 from .model_info import ModelInfo
 from .results import BatchOutputs
 
-__all__ = ["Journal", "JOURNAL_CSV", "JOURNAL_META", "JOURNAL_LOCK"]
+__all__ = ["Journal", "JOURNAL_CSV", "JOURNAL_META", "JOURNAL_LOCK", "SLIDE_HASH_CACHE", "slide_sha256"]
 
 JOURNAL_CSV = "scoring-journal.csv"
 JOURNAL_META = "scoring-journal.json"
 JOURNAL_LOCK = "scoring-journal.lock"
+SLIDE_HASH_CACHE = "scoring-journal.slide.json"
+_CHUNK = 1 << 20
 SCHEMA = "smr.scoring-journal"
 VERSION = 1
 
@@ -42,6 +51,33 @@ def _fields(info: ModelInfo) -> list[str]:
         + [f"t:{lin.name}" for lin in info.lineages]
         + [f"d:{lin.name}" for lin in info.lineages]
     )
+
+
+def slide_sha256(path: str | Path, cache: str | Path | None = None) -> str:
+    """SHA-256 of the file at ``path``, streamed in 1 MiB chunks.
+
+    With ``cache`` (a JSON file), a hash recorded there for the same file (absolute path, size,
+    modification time in ns, inode) is reused, and a new one is recorded.
+    """
+    path = Path(path).resolve()
+    st = path.stat()
+    key = {"path": str(path), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
+    if cache is not None:
+        try:
+            stored = json.loads(Path(cache).read_text(encoding="utf-8"))
+            if isinstance(stored, dict) and {k: stored.get(k) for k in key} == key:
+                digest = stored.get("sha256")
+                if isinstance(digest, str) and len(digest) == 64:
+                    return digest
+        except (OSError, ValueError):
+            pass
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            digest.update(chunk)
+    if cache is not None:
+        atomic_write_text(Path(cache), json.dumps({**key, "sha256": digest.hexdigest()}, indent=2) + "\n")
+    return digest.hexdigest()
 
 
 def _differences(stored: Mapping[str, Any], current: Mapping[str, Any], prefix: str = "") -> list[str]:
@@ -103,15 +139,26 @@ class Journal:
 
     @classmethod
     def open(
-        cls, directory: str | Path, info: ModelInfo, run: Mapping[str, Any], *, restart: bool = False
+        cls,
+        directory: str | Path,
+        info: ModelInfo,
+        run: Mapping[str, Any],
+        *,
+        restart: bool = False,
+        slide: str | Path | None = None,
     ) -> Journal:
         """Open (or start) the journal in ``directory`` for the run described by ``run`` (JSON-able).
 
-        The journal locks the folder until :meth:`close`: two runs never write one journal.
+        ``slide``: the slide file; its content's SHA-256 becomes part of the run (``run["slide"]
+        ["sha256"]``), so a journal of another slide with the same name is refused. The journal
+        locks the folder until :meth:`close`: two runs never write one journal.
         """
         directory = Path(directory)
         lock_fd = cls._lock(directory)
         try:
+            if slide is not None:
+                run = json.loads(json.dumps(run))
+                run.setdefault("slide", {})["sha256"] = slide_sha256(slide, directory / SLIDE_HASH_CACHE)
             return cls._open(directory, info, run, restart, lock_fd)
         except BaseException:
             os.close(lock_fd)

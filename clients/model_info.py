@@ -1,13 +1,18 @@
-"""What a client learns from the server: classes, lineages with their stages, image size, batch limit.
+"""What a client learns from the server: classes, lineages with their stages, image size, batch limit,
+the physical scale the model was trained at and where it comes from.
 
 The ensemble's ``config.pbtxt`` carries ``parameters`` ``classes`` and ``lineages`` (JSON) and
-``image_size`` (DESIGN.md, "Serving contract"); :func:`model_info_from_config` reads them from the
-JSON form of ``ModelConfig`` that ``tritonclient.grpc`` returns with ``as_json=True``.
+``image_size`` (DESIGN.md, "Serving contract"), and, from ``smr export``, the scale
+(``microns_per_pixel``, ``field_of_view_um``) and provenance parameters named in
+:mod:`smr.export.pbtxt`; :func:`model_info_from_config` reads them from the JSON form of
+``ModelConfig`` that ``tritonclient.grpc`` returns with ``as_json=True``. :func:`provenance` turns
+them, with the server's Triton version, into summary.json's ``"provenance"``.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,12 +20,29 @@ from typing import Any
 import numpy as np
 
 from smr.core.targets import stage_boundaries
+from smr.export.pbtxt import FOV_PARAMETER, MPP_PARAMETER, PROVENANCE_PARAMETERS
 
 from .errors import ModelConfigError
 
-__all__ = ["LineageInfo", "ModelInfo", "model_info_from_config"]
+__all__ = [
+    "LineageInfo",
+    "ModelInfo",
+    "model_info_from_config",
+    "provenance",
+    "PROVENANCE_KEYS",
+    "RESEARCH_NOTICE",
+]
 
 IMAGE_INPUT = "IMAGE"
+RESEARCH_NOTICE = "for research use, not for diagnosis"
+#: The keys of summary.json's "provenance", in order (report.html renders them).
+PROVENANCE_KEYS = (
+    *PROVENANCE_PARAMETERS,
+    "triton_version",
+    "model_microns_per_pixel",
+    "notice",
+)
+_NUMERIC_PROVENANCE = {"training_images": int, "val_macro_f1": float}
 
 
 @dataclass(frozen=True)
@@ -51,6 +73,11 @@ class ModelInfo:
     image_size: int
     max_batch_size: int
     version: str = ""
+    # micrometres per pixel of the network's input as trained (None: the export does not say)
+    microns_per_pixel: float | None = None
+    field_of_view_um: tuple[float, float] | None = None  # (height, width) of a patch, micrometres
+    # the export's provenance parameters (PROVENANCE_PARAMETERS) that it carries, typed
+    model_provenance: Mapping[str, Any] = field(default_factory=dict)
     extra: Mapping[str, str] = field(default_factory=dict)  # other config parameters, verbatim
     # ensemble outputs that are also the input of a later step: Triton prunes ensemble steps by the
     # requested outputs and then stalls ("unexpected deadlock") unless these are requested too
@@ -152,6 +179,55 @@ def _image_size(config: Mapping[str, Any], params: Mapping[str, Any], model: str
     )
 
 
+def _scale(params: Mapping[str, Any], model: str) -> tuple[float | None, tuple[float, float] | None]:
+    text = _parameter(params, MPP_PARAMETER)
+    mpp = None
+    if text is not None:
+        try:
+            mpp = float(text)
+        except ValueError:
+            mpp = math.nan
+        if not (math.isfinite(mpp) and mpp > 0):
+            raise ModelConfigError(
+                f"model {model!r}: parameter {MPP_PARAMETER!r} is not a pixel size in micrometres: {text!r}"
+            )
+    fov = None
+    text = _parameter(params, FOV_PARAMETER)
+    if text is not None:
+        try:
+            h, w = (float(v) for v in json.loads(text))
+            fov = (h, w)
+        except (ValueError, TypeError):
+            raise ModelConfigError(
+                f"model {model!r}: parameter {FOV_PARAMETER!r} is not [height, width] in micrometres: "
+                f"{text!r}"
+            ) from None
+    return mpp, fov
+
+
+def _model_provenance(params: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in PROVENANCE_PARAMETERS:
+        text = _parameter(params, key)
+        if text is None:
+            continue
+        kind = _NUMERIC_PROVENANCE.get(key)
+        try:
+            out[key] = kind(text) if kind else text
+        except ValueError:
+            out[key] = text  # shown as written rather than dropped
+    return out
+
+
+def provenance(info: ModelInfo, triton_version: str | None) -> dict[str, Any]:
+    """summary.json's ``"provenance"``: every key of :data:`PROVENANCE_KEYS`, ``None`` where unknown."""
+    doc: dict[str, Any] = {key: info.model_provenance.get(key) for key in PROVENANCE_PARAMETERS}
+    doc["triton_version"] = triton_version or None
+    doc["model_microns_per_pixel"] = info.microns_per_pixel
+    doc["notice"] = RESEARCH_NOTICE
+    return doc
+
+
 def model_info_from_config(config: Mapping[str, Any]) -> ModelInfo:
     """Build :class:`ModelInfo` from a ``ModelConfig`` in JSON form (``get_model_config(as_json=True)``)."""
     if "config" in config and isinstance(config["config"], Mapping):  # the whole ModelConfigResponse
@@ -177,14 +253,18 @@ def model_info_from_config(config: Mapping[str, Any]) -> ModelInfo:
     step_inputs = {
         str(v) for step in scheduling.get("step", []) for v in (step.get("input_map") or {}).values()
     }
-    known = {"classes", "lineages", "image_size"}
+    known = {"classes", "lineages", "image_size", MPP_PARAMETER, FOV_PARAMETER, *PROVENANCE_PARAMETERS}
     extra = {k: v for k in params if k not in known and (v := _parameter(params, k)) is not None}
+    mpp, fov = _scale(params, model)
     return ModelInfo(
         name=model,
         classes=classes_t,
         lineages=lineage_infos,
         image_size=_image_size(config, params, model),
         max_batch_size=max_batch,
+        microns_per_pixel=mpp,
+        field_of_view_um=fov,
+        model_provenance=_model_provenance(params),
         extra=extra,
         must_request=tuple(sorted(outputs & step_inputs)),
     )

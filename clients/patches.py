@@ -20,9 +20,21 @@ from .detections import Detection
 from .errors import InputError
 from .slides import Slide
 
-__all__ = ["PatchGeometry", "patch_geometry", "inside", "patch_origin", "crop_patch", "iter_patches"]
+__all__ = [
+    "PatchGeometry",
+    "patch_geometry",
+    "slide_resolution",
+    "inside",
+    "patch_origin",
+    "crop_patch",
+    "iter_patches",
+    "MAX_RESCALE",
+]
 
 DEFAULT_BLOCK = 2048
+#: The most a patch is shrunk or enlarged when it is resized to the server's size. Beyond it, a
+#: microns-per-pixel is wrong (a typo, nanometres) and the region read would not fit in memory.
+MAX_RESCALE = 16.0
 
 
 @dataclass(frozen=True)
@@ -57,7 +69,8 @@ def patch_geometry(
 
     ``mpp``: the microns per pixel the model expects. The finest level no finer than needed is read
     and resized (needs the slide's resolution: from its metadata or ``slide_mpp``). ``level``: read
-    that level as it is. Neither: level 0 as it is.
+    that level as it is. One of the two is needed; :class:`InputError` for neither, both, or a
+    rescale beyond :data:`MAX_RESCALE`.
     """
     if mpp is not None and level is not None:
         raise InputError("give either a microns-per-pixel (--mpp) or a level (--level), not both")
@@ -70,19 +83,38 @@ def patch_geometry(
         ds = slide.level_downsamples[level]
         return PatchGeometry(level, ds, size, size, None if base_mpp is None else base_mpp * ds)
     if mpp is None:
-        return PatchGeometry(0, 1.0, size, size, base_mpp)
-    if not mpp > 0:
-        raise InputError(f"microns per pixel must be > 0, got {mpp}")
-    if base_mpp is None:
         raise InputError(
-            f"{slide.path}: the slide does not state its microns per pixel; pass it (--slide-mpp) or read "
-            "a level as it is (--level)"
+            "give the microns per pixel the model expects (--mpp) or a pyramid level to read as it is "
+            "(--level)"
         )
+    if not (math.isfinite(mpp) and mpp > 0):
+        raise InputError(f"microns per pixel must be > 0, got {mpp}")
+    base_mpp = slide_resolution(slide, slide_mpp)
     factor = mpp / base_mpp  # level-0 pixels per patch pixel
     best = max((i for i, ds in enumerate(slide.level_downsamples) if ds <= factor * (1 + 1e-3)), default=0)
     ds = slide.level_downsamples[best]
-    region = max(1, round(size * factor / ds))
+    rescale = factor / ds  # pixels of the level per patch pixel
+    if not 1 / MAX_RESCALE <= rescale <= MAX_RESCALE:
+        raise InputError(
+            f"patches at {mpp:g} µm/px from a slide at {base_mpp:g} µm/px would be resized {rescale:.3g}x "
+            f"(level {best}); SMR resizes at most {MAX_RESCALE:g}x either way: check --mpp and --slide-mpp"
+        )
+    region = max(1, round(size * rescale))
     return PatchGeometry(best, ds, region, size, mpp)
+
+
+def slide_resolution(slide: Slide, slide_mpp: float | None = None) -> float:
+    """The slide's microns per pixel at level 0: ``slide_mpp`` when given, else its file's.
+
+    :class:`InputError` (one line) when neither says.
+    """
+    mpp = slide_mpp if slide_mpp is not None else slide.mpp
+    if mpp is None:
+        raise InputError(
+            f"{slide.path}: the slide does not state its resolution (microns per pixel); pass --slide-mpp UM "
+            "(e.g. 0.25 for a 40x scan), or read a pyramid level as it is with --level N"
+        )
+    return mpp
 
 
 def inside(slide: Slide, detection: Detection) -> bool:

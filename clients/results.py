@@ -2,10 +2,20 @@
 
 Every cell gets the SVM's class and probabilities and, for every lineage, its position t on the
 lineage's curve (0 immature .. 1 mature), the distance to the curve and the stage that the position
-falls into (the *stage estimate*, read from the stage boundaries). A cell of a lineage class is
-*borderline* when its position lies within ``margin`` of a stage boundary (it sits between two
-stages) or when the curve's stage disagrees with the SVM's class. Cells of the classes without a
-maturity order (lymphocytes, monocytes, ...) are never borderline.
+falls into (the *stage estimate*, read from the stage boundaries). The server clamps t to [0, 1]:
+a cell at exactly 0 or 1 lies *before the curve's start* or *beyond its end* (:func:`curve_end`),
+not at the most immature or most mature point.
+
+A cell is *flagged for review* (``borderline``) when it is likely misclassified:
+
+- the SVM is unsure: its two most probable classes differ by less than ``margin`` in
+  probability, or
+- the curve contradicts the SVM grossly: the curve's stage is ``STAGE_GAP`` (3) or more stages
+  away from the SVM's class in the class's lineage (a neighbouring stage is normal near a
+  boundary, and flagging two stages apart cost more review than it found errors).
+
+The thresholds were chosen on the validation splits of synthetic training runs, not on the
+slides they were tested on (docs/clients.md, "Cells flagged for review").
 """
 
 from __future__ import annotations
@@ -19,10 +29,41 @@ from smr.core.targets import stage_from_position
 
 from .model_info import ModelInfo
 
-__all__ = ["DEFAULT_MARGIN", "BatchOutputs", "LineagePosition", "CellResult", "cells_from_outputs"]
+__all__ = [
+    "DEFAULT_MARGIN",
+    "STAGE_GAP",
+    "BEFORE_START",
+    "BEYOND_END",
+    "BatchOutputs",
+    "LineagePosition",
+    "CellResult",
+    "cells_from_outputs",
+    "curve_end",
+]
 
-#: Default half-width (in t) of the band around a stage boundary in which a cell counts as borderline.
-DEFAULT_MARGIN = 0.03
+#: A cell whose two most probable SVM classes differ by less than this in probability is flagged.
+DEFAULT_MARGIN = 0.05
+#: A cell whose curve stage lies this many stages (or more) from its SVM class is flagged.
+STAGE_GAP = 3
+#: The position marks of cells the server projected onto an end of the curve (t clamped to 0 or 1).
+BEFORE_START = "before start"
+BEYOND_END = "beyond end"
+_END_TOLERANCE = 1e-6  # float32 positions: within this of 0 or 1 is on the end point
+
+
+def curve_end(t: float | None) -> str:
+    """``"before start"`` for t = 0, ``"beyond end"`` for t = 1 (clamped by the server), else ``""``.
+
+    The server projects onto the curve restricted to t in [0, 1]; an embedding past an end lands on
+    that end, at its distance from it. A position exactly on an end therefore means "past it".
+    """
+    if t is None:
+        return ""
+    if t <= _END_TOLERANCE:
+        return BEFORE_START
+    if t >= 1.0 - _END_TOLERANCE:
+        return BEYOND_END
+    return ""
 
 
 @dataclass
@@ -58,7 +99,11 @@ class LineagePosition:
     position: float  # t in [0, 1]: 0 most immature, 1 most mature
     distance: float  # Euclidean distance of the embedding to the curve
     stage: str  # the stage (class name) whose interval on the curve contains ``position``
-    near_boundary: bool  # ``position`` lies within the margin of a stage boundary
+
+    @property
+    def end(self) -> str:
+        """:data:`BEFORE_START`, :data:`BEYOND_END` or ``""`` (see :func:`curve_end`)."""
+        return curve_end(self.position)
 
 
 @dataclass(frozen=True)
@@ -71,9 +116,17 @@ class CellResult:
     probabilities: dict[str, float]  # every class, in the server's class order
     lineages: tuple[LineagePosition, ...]  # one per served lineage, in the server's order
     lineage: str | None  # the lineage ``class_name`` is a stage of; None for the other classes
-    borderline: bool
-    borderline_reason: str  # "" when not borderline
+    borderline: bool  # flagged for review: likely misclassified (see the module's docstring)
+    borderline_reason: str  # "" when not flagged
     embedding: np.ndarray | None = None
+    runner_up: str = ""  # the SVM's second most probable class
+    margin: float = 1.0  # probability of the class minus that of the runner-up
+
+    @property
+    def end(self) -> str:
+        """Whether the cell lies before the start or beyond the end of its own lineage's curve."""
+        own = self._own()
+        return "" if own is None else own.end
 
     def _own(self) -> LineagePosition | None:
         if self.lineage is None:
@@ -107,11 +160,14 @@ class CellResult:
             "position": self.position,
             "distance": self.distance,
             "stage_estimate": self.stage_estimate,
+            "curve_end": self.end,
+            "runner_up": self.runner_up,
+            "margin": self.margin,
             "borderline": self.borderline,
             "borderline_reason": self.borderline_reason,
             "probabilities": dict(self.probabilities),
             "lineages": {
-                p.lineage: {"position": p.position, "distance": p.distance, "stage": p.stage}
+                p.lineage: {"position": p.position, "distance": p.distance, "stage": p.stage, "end": p.end}
                 for p in self.lineages
             },
         }
@@ -120,30 +176,39 @@ class CellResult:
         return d
 
 
+def _words(name: str) -> str:
+    return name.replace("_", " ")
+
+
 def cells_from_outputs(
     info: ModelInfo, outputs: BatchOutputs, *, margin: float = DEFAULT_MARGIN
 ) -> list[CellResult]:
-    """Turn a batch's raw outputs into :class:`CellResult` objects (stage estimates, borderline flags)."""
-    if margin < 0:
-        raise ValueError(f"margin must be >= 0, got {margin}")
+    """Turn a batch's raw outputs into :class:`CellResult` objects (stage estimates, review flags).
+
+    ``margin``: a cell whose two most probable classes differ by less than this is flagged.
+    """
+    if not 0 <= margin <= 1:
+        raise ValueError(f"margin must lie in [0, 1] (a difference of probabilities), got {margin}")
     n = len(outputs)
-    probs = np.asarray(outputs.probabilities, dtype=np.float32).reshape(n, len(info.classes))
+    n_classes = len(info.classes)
+    probs = np.asarray(outputs.probabilities, dtype=np.float32).reshape(n, n_classes)
     class_id = np.asarray(outputs.class_id).reshape(n).astype(np.int64)
     n_lin = len(info.lineages)
     maturity = np.asarray(outputs.maturity, dtype=np.float32).reshape(n, n_lin)
     distance = np.asarray(outputs.distance, dtype=np.float32).reshape(n, n_lin)
-    if n and (class_id.min() < 0 or class_id.max() >= len(info.classes)):
-        raise ValueError(f"class ids outside 0..{len(info.classes) - 1}: {sorted(set(class_id.tolist()))}")
+    if n and (class_id.min() < 0 or class_id.max() >= n_classes):
+        raise ValueError(f"class ids outside 0..{n_classes - 1}: {sorted(set(class_id.tolist()))}")
 
-    # Per lineage, vectorised: stage index from the position, and nearness to any boundary.
     stage_idx = np.empty((n, n_lin), dtype=np.int64)
-    near = np.zeros((n, n_lin), dtype=bool)
     for j, lin in enumerate(info.lineages):
-        t = maturity[:, j].astype(np.float64)
-        stage_idx[:, j] = stage_from_position(t, lin.boundaries)
-        gaps = np.abs(t[:, None] - np.asarray(lin.boundaries)[None, :])
-        near[:, j] = gaps.min(axis=1) < margin
+        stage_idx[:, j] = stage_from_position(maturity[:, j].astype(np.float64), lin.boundaries)
     class_lineage = [info.lineage_of(c) for c in info.classes]
+    # the runner-up: the most probable class other than the SVM's own
+    others = probs.copy()
+    others[np.arange(n), class_id] = -np.inf
+    runner = others.argmax(axis=1) if n_classes > 1 else class_id
+    own_p = probs[np.arange(n), class_id]
+    runner_p = others[np.arange(n), runner] if n_classes > 1 else np.zeros(n, np.float32)
 
     cells = []
     for i in range(n):
@@ -155,34 +220,36 @@ def cells_from_outputs(
                 position=float(maturity[i, j]),
                 distance=float(distance[i, j]),
                 stage=lin.classes[stage_idx[i, j]],
-                near_boundary=bool(near[i, j]),
             )
             for j, lin in enumerate(info.lineages)
         )
+        gap = float(own_p[i]) - float(runner_p[i])
+        reasons = []
+        if gap < margin:
+            reasons.append(
+                f"SVM unsure: {_words(name)} {own_p[i]:.2f} vs {_words(info.classes[int(runner[i])])} "
+                f"{runner_p[i]:.2f}"
+            )
         own = class_lineage[cid]
-        reason = ""
         if own is not None:
-            pos = positions[own]
-            reasons = []
-            if pos.near_boundary:
-                b = np.asarray(info.lineages[own].boundaries)
-                k = int(np.argmin(np.abs(b - pos.position)))
-                stages = info.lineages[own].classes
-                reasons.append(f"between {stages[k]} and {stages[k + 1]}")
-            if pos.stage != name:
-                reasons.append(f"curve says {pos.stage}")
-            reason = "; ".join(reasons)
+            stages = info.lineages[own].classes
+            k = int(stage_idx[i, own])
+            if abs(k - stages.index(name)) >= STAGE_GAP:
+                reasons.append(f"curve says {_words(stages[k])}")
+        reason = "; ".join(reasons)
         cells.append(
             CellResult(
                 class_name=name,
                 class_id=cid,
-                probability=float(probs[i, cid]),
+                probability=float(own_p[i]),
                 probabilities={c: float(p) for c, p in zip(info.classes, probs[i], strict=True)},
                 lineages=positions,
                 lineage=None if own is None else info.lineages[own].name,
                 borderline=bool(reason),
                 borderline_reason=reason,
                 embedding=None if outputs.embedding is None else np.asarray(outputs.embedding[i]),
+                runner_up=info.classes[int(runner[i])],
+                margin=gap,
             )
         )
     return cells

@@ -24,9 +24,17 @@ from .client import SMRClient
 from .detections import Detection, cells_feature_collection, read_detections
 from .errors import InputError, SMRClientError
 from .journal import Journal
-from .model_info import ModelInfo
+from .model_info import ModelInfo, provenance
 from .palette import class_colors
-from .patches import DEFAULT_BLOCK, PatchGeometry, crop_patch, inside, iter_patches, patch_geometry
+from .patches import (
+    DEFAULT_BLOCK,
+    PatchGeometry,
+    crop_patch,
+    inside,
+    iter_patches,
+    patch_geometry,
+    slide_resolution,
+)
 from .report import GalleryCell, ReportData, write_report
 from .results import CellResult, cells_from_outputs
 from .slides import Slide, open_slide
@@ -42,6 +50,7 @@ __all__ = [
     "score_slide",
     "cell_records",
     "cell_fields",
+    "model_scale",
 ]
 
 CELLS_CSV = "cells.csv"
@@ -86,6 +95,7 @@ class SlideScore:
     reference: DifferentialCount | None  # from the detections' own labels, when they are served classes
     info: ModelInfo
     paths: dict[str, Path] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)  # summary.json's "provenance"
 
     @property
     def cells_per_second(self) -> float:
@@ -223,6 +233,24 @@ def _gallery(
     ]
 
 
+def model_scale(info: ModelInfo, url: str, mpp: float | None, level: int | None) -> float | None:
+    """The microns per pixel to crop patches at: ``mpp`` when given, else the model's own.
+
+    ``None`` with an explicit ``level`` (read as it is). :class:`InputError` (one line) when neither
+    ``mpp`` nor the model says and no level is given.
+    """
+    if level is not None or mpp is not None:
+        return mpp
+    if info.microns_per_pixel is None:
+        raise InputError(
+            f"model {info.name!r} at {url} does not state the scale it was trained at (no "
+            "microns_per_pixel in its ensemble parameters: its data set's lineages.toml had no [imaging] "
+            "microns_per_pixel, or it was exported by an older SMR); pass --mpp UM, the microns per pixel "
+            "of its input, or read a pyramid level as it is with --level N"
+        )
+    return info.microns_per_pixel
+
+
 def score_slide(
     slide_path: str | Path,
     detections_path: str | Path,
@@ -240,6 +268,10 @@ def score_slide(
 ) -> SlideScore:
     """Score every detection of one slide and write ``cells.csv``, ``cells.geojson``, ``report.html``.
 
+    Patches are cropped at the scale the model was trained at (``client.info.microns_per_pixel``)
+    unless ``mpp`` overrides it or ``level`` reads a pyramid level as it is; the slide's resolution
+    comes from its file or ``slide_mpp``.
+
     Raises :class:`ScoringInterrupted` when the server stops answering (the journal keeps what
     was scored; call again to continue) and :class:`~smr.clients.errors.InputError` for unusable
     inputs, before anything is sent.
@@ -248,8 +280,12 @@ def score_slide(
     detections = read_detections(detections_path)
     with contextlib.ExitStack() as stack:
         slide = stack.enter_context(open_slide(slide_path))
+        if level is None:  # before the server is asked anything: the slide's resolution is needed
+            slide_resolution(slide, slide_mpp)
         info = client.info
-        geom = patch_geometry(slide, info.image_size, mpp=mpp, level=level, slide_mpp=slide_mpp)
+        target_mpp = model_scale(info, client.url, mpp, level)
+        geom = patch_geometry(slide, info.image_size, mpp=target_mpp, level=level, slide_mpp=slide_mpp)
+        prov = provenance(info, client.server_version)
         out_dir.mkdir(parents=True, exist_ok=True)
         run = {
             "slide": {
@@ -344,6 +380,7 @@ def score_slide(
             f"{slide.level_count} level(s), {_mpp_text(slide.mpp)})",
             "patches": f"{geom.size} px from level {geom.level} (region {geom.region} px"
             f"{', ' + _mpp_text(geom.mpp) if geom.mpp else ''})",
+            "scale": _scale_text(info, mpp, level),
         }
 
         paths = {
@@ -382,6 +419,7 @@ def score_slide(
                 reference=reference,
                 outside_ids=outside_ids,
                 facts=facts,
+                provenance=prov,
             ),
         )
         summary = {
@@ -392,6 +430,8 @@ def score_slide(
             "outside_ids": outside_ids,
             "count": count.to_dict(),
             "reference": None if reference is None else reference.to_dict(),
+            "geometry": geom.to_dict(),
+            "provenance": prov,
         }
         atomic_write_text(paths["summary"], json.dumps(summary, indent=2) + "\n")
         return SlideScore(
@@ -406,7 +446,17 @@ def score_slide(
             reference=reference,
             info=info,
             paths=paths,
+            provenance=prov,
         )
+
+
+def _scale_text(info: ModelInfo, mpp: float | None, level: int | None) -> str:
+    model = "unknown" if info.microns_per_pixel is None else _mpp_text(info.microns_per_pixel)
+    if level is not None:
+        return f"level {level} read as it is (--level); the model was trained at {model}"
+    if mpp is not None:
+        return f"{_mpp_text(mpp)} as given (--mpp); the model was trained at {model}"
+    return f"the model's own, {model}"
 
 
 def _mpp_text(mpp: float | None) -> str:

@@ -12,7 +12,14 @@ Which classes are myeloid, erythroid or blasts is read from the served class and
 
 The maturation index of a lineage is the share of its cells in the immature and in the mature
 half, counted by class (the SVM) and by curve position (the SMR regression: positions before or
-after the stage boundary that separates the halves), with the median position on the curve.
+after the stage boundary that separates the halves), with the median position on the curve and
+the cells that lie beyond either end of the curve.
+
+Every share carries a 95 % confidence interval: the exact binomial (Clopper–Pearson) interval,
+the one behind Rümke's table, conservative (it covers the true share at least 95 % of the time
+for every count) and well defined at 0 and at n cells, where a 500-cell differential needs it
+most. The M:E ratio's interval is the same interval of the myeloid share among the M + E cells,
+mapped through p / (1 - p) (conditional on M + E, the myeloid count is binomial).
 """
 
 from __future__ import annotations
@@ -24,18 +31,67 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from .model_info import ModelInfo
+from .results import curve_end
 
 __all__ = [
+    "CONFIDENCE",
+    "INTERVAL_METHOD",
     "LOW_COUNT",
     "CountDefinitions",
     "MaturationIndex",
     "DifferentialCount",
     "differential_count",
+    "proportion_interval",
+    "ratio_interval",
     "format_count",
+    "format_interval",
+    "count_row",
+    "headline",
+    "maturation_line",
+    "json_ready",
 ]
 
 #: Fewer scored cells than this and a differential count is statistically weak (common practice: 500).
 LOW_COUNT = 500
+#: Coverage of every interval SMR reports.
+CONFIDENCE = 0.95
+#: How the intervals are computed (stated in the report and summary.json).
+INTERVAL_METHOD = "Clopper-Pearson (exact binomial)"
+
+
+def proportion_interval(k: int, n: int, confidence: float = CONFIDENCE) -> tuple[float, float] | None:
+    """Clopper–Pearson interval of a share ``k`` of ``n`` (as fractions); None when ``n`` is 0.
+
+    The bounds are the beta quantiles ``B(a/2; k, n-k+1)`` and ``B(1-a/2; k+1, n-k)``, with 0 at
+    ``k = 0`` and 1 at ``k = n``.
+    """
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
+    if n < 0 or not 0 <= k <= n:
+        raise ValueError(f"need 0 <= k <= n, got k={k}, n={n}")
+    if n == 0:
+        return None
+    from scipy.stats import beta
+
+    alpha = 1.0 - confidence
+    low = 0.0 if k == 0 else float(beta.ppf(alpha / 2, k, n - k + 1))
+    high = 1.0 if k == n else float(beta.ppf(1 - alpha / 2, k + 1, n - k))
+    return low, high
+
+
+def ratio_interval(a: int, b: int, confidence: float = CONFIDENCE) -> tuple[float, float | None] | None:
+    """Interval of the ratio ``a : b`` of two counts (the M:E ratio); None when both are 0.
+
+    Conditional on ``a + b``, ``a`` is binomial with p = ratio / (1 + ratio); the Clopper–Pearson
+    interval of p, mapped through p / (1 - p), is the ratio's. The upper bound is None (unbounded)
+    when ``b`` is 0.
+    """
+    share = proportion_interval(a, a + b, confidence)
+    if share is None:
+        return None
+    low, high = share
+    return low / (1.0 - low), (None if high >= 1.0 else high / (1.0 - high))
+
 
 _BLAST_NAMES = {"blast", "blasts", "myeloblast", "myeloblasts", "bla"}
 
@@ -70,7 +126,7 @@ class CountDefinitions:
 
 @dataclass(frozen=True)
 class MaturationIndex:
-    """Immature vs mature share of one lineage's cells."""
+    """Immature vs mature share of one lineage's cells (shares as fractions, intervals likewise)."""
 
     lineage: str
     cells: int
@@ -80,6 +136,21 @@ class MaturationIndex:
     immature_by_curve: float | None  # share with a position before the halves' boundary (SMR)
     mature_by_curve: float | None
     median_position: float | None
+    split_position: float | None = None  # the boundary between the halves on the curve (t)
+    immature_by_class_interval: tuple[float, float] | None = None
+    immature_by_curve_interval: tuple[float, float] | None = None
+    before_start: int | None = None  # cells projected onto the immature end (t = 0): before the curve
+    beyond_end: int | None = None  # cells projected onto the mature end (t = 1): beyond the curve
+
+    @property
+    def mature_by_class_interval(self) -> tuple[float, float] | None:
+        i = self.immature_by_class_interval
+        return None if i is None else (1.0 - i[1], 1.0 - i[0])
+
+    @property
+    def mature_by_curve_interval(self) -> tuple[float, float] | None:
+        i = self.immature_by_curve_interval
+        return None if i is None else (1.0 - i[1], 1.0 - i[0])
 
 
 @dataclass(frozen=True)
@@ -97,6 +168,10 @@ class DifferentialCount:
     maturation: dict[str, MaturationIndex]
     borderline: int
     definitions: CountDefinitions
+    # 95 % intervals (CONFIDENCE, INTERVAL_METHOD), in the unit of the figure they belong to
+    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)  # per class, in %
+    blast_interval: tuple[float, float] | None = None  # in %
+    me_interval: tuple[float, float | None] | None = None  # upper None: unbounded (no erythroid cells)
 
     @property
     def low_count(self) -> bool:
@@ -105,7 +180,25 @@ class DifferentialCount:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["low_count"] = self.low_count
-        return d
+        d["confidence"] = CONFIDENCE
+        d["interval_method"] = INTERVAL_METHOD
+        for name, m in self.maturation.items():
+            d["maturation"][name]["mature_by_class_interval"] = m.mature_by_class_interval
+            d["maturation"][name]["mature_by_curve_interval"] = m.mature_by_curve_interval
+        return json_ready(d)
+
+
+def json_ready(value):
+    """Tuples as lists, recursively (what ``json.dumps`` writes anyway), so that dicts compare equal."""
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_ready(v) for v in value]
+    return value
+
+
+def _percent(interval: tuple[float, float] | None) -> tuple[float, float] | None:
+    return None if interval is None else (100.0 * interval[0], 100.0 * interval[1])
 
 
 def _share(part: int, whole: int) -> float | None:
@@ -134,6 +227,7 @@ def differential_count(
     total = len(classes)
     counts = {c: tally.get(c, 0) for c in info.classes}
     percentages = {c: (100.0 * n / total if total else 0.0) for c, n in counts.items()}
+    intervals = {c: _percent(proportion_interval(n, total)) for c, n in counts.items()} if total else {}
     myeloid = sum(counts[c] for c in defs.myeloid)
     erythroid = sum(counts[c] for c in defs.erythroid)
     blasts = sum(counts[c] for c in defs.blasts)
@@ -145,13 +239,18 @@ def differential_count(
         members = [i for i, c in enumerate(classes) if c in lin.classes]
         n = len(members)
         n_imm = sum(1 for i in members if classes[i] in immature)
-        imm_curve = mat_curve = median = None
-        if positions is not None and n:
-            t = np.array([positions[i] for i in members], dtype=np.float64)
-            split = lin.boundaries[k - 1] if k >= 1 else -np.inf
-            imm_curve = float(np.mean(t < split))
+        imm_curve = mat_curve = median = curve_interval = before = beyond = None
+        split = lin.boundaries[k - 1] if k >= 1 else None
+        placed = [positions[i] for i in members if positions[i] is not None] if positions is not None else []
+        if placed:  # by curve: the cells with a position (all of them, unless a reviewer added some)
+            t = np.array(placed, dtype=np.float64)
+            below = int(np.sum(t < (-np.inf if split is None else split)))
+            imm_curve = below / len(t)
             mat_curve = 1.0 - imm_curve
+            curve_interval = proportion_interval(below, len(t))
             median = float(np.median(t))
+            ends = [curve_end(v) for v in t]
+            before, beyond = ends.count("before start"), ends.count("beyond end")
         maturation[lin.name] = MaturationIndex(
             lineage=lin.name,
             cells=n,
@@ -161,6 +260,11 @@ def differential_count(
             immature_by_curve=imm_curve,
             mature_by_curve=mat_curve,
             median_position=median,
+            split_position=split,
+            immature_by_class_interval=proportion_interval(n_imm, n),
+            immature_by_curve_interval=curve_interval,
+            before_start=before,
+            beyond_end=beyond,
         )
     return DifferentialCount(
         total=total,
@@ -174,31 +278,62 @@ def differential_count(
         maturation=maturation,
         borderline=int(sum(bool(b) for b in borderline)) if borderline is not None else 0,
         definitions=defs,
+        intervals=intervals,
+        blast_interval=_percent(proportion_interval(blasts, total)),
+        me_interval=ratio_interval(myeloid, erythroid),
     )
 
 
-def format_count(count: DifferentialCount, reference: DifferentialCount | None = None) -> str:
-    """The differential count as a plain-text table (with the reference labels beside it, if given)."""
-    head = ["class", "cells", "%"] + (["reference", "ref %"] if reference is not None else [])
+def format_interval(interval: tuple[float, float | None] | None, spec: str = ".1f") -> str:
+    """``low-high`` (an unbounded upper end as ``inf``); ``n/a`` without an interval."""
+    if interval is None:
+        return "n/a"
+    low, high = interval
+    return f"{low:{spec}}-" + ("inf" if high is None else f"{high:{spec}}")
+
+
+def _me(dc: DifferentialCount | None) -> tuple[str, str]:
+    if dc is None or dc.me_interval is None:
+        return "n/a", ""
+    return ("n/a" if dc.me_ratio is None else f"{dc.me_ratio:.2f}"), format_interval(dc.me_interval, ".2f")
+
+
+def _blasts(dc: DifferentialCount | None) -> tuple[str, str]:
+    if dc is None or dc.blast_percentage is None:
+        return "n/a", ""
+    return f"{dc.blast_percentage:.1f}", format_interval(dc.blast_interval)
+
+
+def format_count(
+    count: DifferentialCount,
+    reference: DifferentialCount | None = None,
+    *,
+    reference_label: str = "reference",
+) -> str:
+    """The differential count as a plain-text table, every share with its 95 % interval.
+
+    Columns: class, cells, %, its 95 % CI (and the same for the reference labels, if given); then
+    the M:E ratio and the blast percentage with their intervals, and per lineage the immature share
+    by class and by curve position, with the cells beyond either end of the curve.
+    ``reference_label`` heads the reference columns.
+    """
+    ci = f"{round(100 * CONFIDENCE)}% CI"
+    ref = reference_label
+    with_ref = reference is not None
+    head = ["class", "cells", "%", ci] + ([ref, f"{ref} %", f"{ref} {ci}"] if with_ref else [])
     rows = [head]
     for c, n in count.counts.items():
-        row = [c, str(n), f"{count.percentages[c]:.1f}"]
+        row = [c, str(n), f"{count.percentages[c]:.1f}", format_interval(count.intervals.get(c))]
         if reference is not None:
-            row += [str(reference.counts[c]), f"{reference.percentages[c]:.1f}"]
+            row += [str(reference.counts[c]), f"{reference.percentages[c]:.1f}",
+                    format_interval(reference.intervals.get(c))]  # fmt: skip
         rows.append(row)
-    total = ["total", str(count.total), "100.0"]
+    total = ["total", str(count.total), "100.0", ""]
     if reference is not None:
-        total += [str(reference.total), "100.0"]
+        total += [str(reference.total), "100.0", ""]
     rows.append(total)
-
-    def ratio(dc: DifferentialCount | None) -> str:
-        return "n/a" if dc is None or dc.me_ratio is None else f"{dc.me_ratio:.2f}"
-
-    def blasts(dc: DifferentialCount | None) -> str:
-        return "n/a" if dc is None or dc.blast_percentage is None else f"{dc.blast_percentage:.1f}"
-
-    rows.append(["M:E ratio", ratio(count), ""] + ([ratio(reference), ""] if reference is not None else []))
-    rows.append(["blasts %", blasts(count), ""] + ([blasts(reference), ""] if reference is not None else []))
+    rows.append(["M:E ratio", "", *_me(count)] + (["", *_me(reference)] if with_ref else []))
+    rows.append(["blasts %", "", *_blasts(count)] + (["", *_blasts(reference)] if with_ref else []))
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = []
     for k, r in enumerate(rows):
@@ -206,4 +341,49 @@ def format_count(count: DifferentialCount, reference: DifferentialCount | None =
         lines.append("  ".join(cells).rstrip())
         if k == 0 or k == len(count.counts):
             lines.append("  ".join("-" * w for w in widths))
+    for m in count.maturation.values():
+        lines.append(maturation_line(m))
+    lines.append(f"intervals: {round(100 * CONFIDENCE)} % {INTERVAL_METHOD}")
     return "\n".join(lines)
+
+
+def maturation_line(m: MaturationIndex) -> str:
+    """One lineage's maturation index in one line of text."""
+
+    def pct(v: float | None, interval: tuple[float, float] | None) -> str:
+        return "n/a" if v is None else f"{100 * v:.1f} % ({format_interval(_percent(interval))})"
+
+    text = (
+        f"{m.lineage}: {m.cells} cells, immature ({', '.join(m.immature_classes)}) by class "
+        f"{pct(m.immature_by_class, m.immature_by_class_interval)}"
+    )
+    if m.immature_by_curve is not None:
+        text += f", by curve position {pct(m.immature_by_curve, m.immature_by_curve_interval)}"
+    if m.before_start or m.beyond_end:
+        text += f"; {m.before_start} before the curve's start, {m.beyond_end} beyond its end"
+    return text
+
+
+def headline(count: DifferentialCount) -> str:
+    """M:E, blasts and the cells flagged for review in one line (with 95 % intervals)."""
+    me, me_ci = _me(count)
+    blasts, blasts_ci = _blasts(count)
+    return (
+        f"{count.total} cells, M:E {me}" + (f" ({me_ci})" if me_ci else "")
+        + f", blasts {blasts} %" + (f" ({blasts_ci})" if blasts_ci else "")
+        + f", {count.borderline} flagged for review"
+    )  # fmt: skip
+
+
+def count_row(count: DifferentialCount) -> dict[str, float | str]:
+    """The headline figures with their interval bounds, for one row of a table of slides."""
+
+    def r(v: float | None, nd: int) -> float | str:
+        return "" if v is None else round(v, nd)
+
+    me = count.me_interval or (None, None)
+    bl = count.blast_interval or (None, None)
+    return {
+        "me_ratio": r(count.me_ratio, 3), "me_low": r(me[0], 3), "me_high": r(me[1], 3),
+        "blast_pct": r(count.blast_percentage, 2), "blast_low": r(bl[0], 2), "blast_high": r(bl[1], 2),
+    }  # fmt: skip

@@ -4,7 +4,8 @@ Checks, each reported with the file it concerns:
 
 - every model folder has a ``config.pbtxt`` that parses as a Triton ``ModelConfig`` (tritonclient's
   protobuf schema) and a version folder ``1/``;
-- the files match ``MANIFEST.json`` (SHA-256; nothing missing, nothing added);
+- the files match ``MANIFEST.json`` (SHA-256; nothing missing, nothing added: no unlisted model
+  folder, file or Python byte code), and the manifest lists exactly SMR's three models;
 - tensor names, data types and shapes agree between the ONNX graph, the three configs and the
   ensemble's input/output maps, and with DESIGN.md's table (``tensors.py``);
 - the ensemble's ``classes``/``lineages`` parameters agree with ``svm.json`` and ``curves.json``.
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import tensors as T
-from .manifest import MANIFEST_FILE, manifest_problems
+from .manifest import MANIFEST_FILE, ManifestError, manifest_problems, read_manifest
 
 __all__ = ["CheckResult", "check_repository"]
 
@@ -105,6 +106,15 @@ def check_repository(repository: str | Path) -> CheckResult:
             problems.append(f"{name}/1/: missing version folder")
 
     problems.extend(manifest_problems(repo))
+    try:
+        models = read_manifest(repo)["models"]
+    except ManifestError:
+        models = list(T.MODEL_NAMES)  # already reported by manifest_problems
+    if sorted(models) != sorted(T.MODEL_NAMES):
+        problems.append(
+            f"{MANIFEST_FILE}: models {models}, expected {list(T.MODEL_NAMES)} (a repository of SMR's "
+            "ensemble holds nothing else)"
+        )
     if len(configs) < len(T.MODEL_NAMES):
         return result
 

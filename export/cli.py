@@ -62,8 +62,8 @@ def add_parsers(subparsers) -> None:
         type=Path,
         default=None,
         metavar="DIR",
-        help="model repository to write (default: model_repository/ at the top of the SMR checkout); "
-        "its SMR models are replaced only after the new ones passed every check",
+        help="model repository to write (default: ./model_repository, the folder `smr serve` reads by "
+        "default); its SMR models are replaced only after the new ones passed every check",
     )
     p.add_argument(
         "--check",
@@ -151,25 +151,51 @@ def add_parsers(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def _fail(message: str) -> int:
+def _fail(message: str, code: int = 2) -> int:
+    """Print ``smr export: error: ...``; 2 for what the user can fix (usage), 1 for a failed export."""
     print(f"smr export: error: {message}", file=sys.stderr)
-    return 2
+    return code
+
+
+def _digest_problem(directory: Path) -> tuple[str | None, str | None]:
+    """(the manifest's digest, a problem) for an exported repository that passed check_repository."""
+    from .manifest import ManifestError, read_manifest
+    from .pbtxt import ConfigFormatError, parse_config
+    from .repository import ENSEMBLE_CONFIG, manifest_digest
+
+    try:
+        digest = manifest_digest(read_manifest(directory))
+        params = parse_config(directory / ENSEMBLE_CONFIG).parameters
+    except (ManifestError, ConfigFormatError, OSError) as exc:
+        return None, str(exc)
+    served = params["manifest_sha256"].string_value if "manifest_sha256" in params else None
+    if served is None:
+        return digest, None  # exported before the ensemble carried it
+    if served != digest:
+        return digest, (
+            f"{ENSEMBLE_CONFIG}: manifest_sha256 {served[:12]}... does not match MANIFEST.json "
+            f"({digest[:12]}...); export the repository again"
+        )
+    return digest, None
 
 
 def _check(directory: Path) -> int:
     from .check import check_repository
 
     result = check_repository(directory)
-    if not result.ok:
-        print(f"{directory}: {len(result.problems)} problem(s):", file=sys.stderr)
-        for problem in result.problems:
-            print(f"  - {problem}", file=sys.stderr)
+    digest, problem = _digest_problem(directory) if result.ok else (None, None)
+    problems = list(result.problems) + ([problem] if problem else [])
+    if problems:
+        print(f"{directory}: {len(problems)} problem(s):", file=sys.stderr)
+        for p in problems:
+            print(f"  - {p}", file=sys.stderr)
         return 1
     facts = result.facts
     print(
         f"{directory}: OK ({facts.get('backbone')} backbone, {facts.get('image_size')} px, "
         f"{facts.get('classes')} classes, lineages {facts.get('lineages')}, "
-        f"max batch {facts.get('max_batch_size')}; files match MANIFEST.json)"
+        f"max batch {facts.get('max_batch_size')}; files match MANIFEST.json)\n"
+        f"manifest sha256: {digest}"
     )
     return 0
 
@@ -209,11 +235,20 @@ def run(args: argparse.Namespace) -> int:
     repository = args.repository or DEFAULT_REPOSITORY
     try:
         result = export_repository(args.run_dir, repository, options)
-    except (RunDirError, ExportError, ImagesUnavailable, FileExistsError) as exc:
+    except (RunDirError, ImagesUnavailable, FileExistsError) as exc:  # the user can fix the input
         return _fail(str(exc))
+    except ExportError as exc:  # the export itself failed (graph, parity, check)
+        return _fail(str(exc), 1)
     n_files = len(result.manifest["files"])
     print(
         f"exported {args.run_dir} -> {result.repository} ({n_files} files, {serving.runtime} backbone, "
         f"{result.seconds:.1f} s); check it with: smr export --check {result.repository}"
+    )
+    params = result.parameters
+    scale = params.get("microns_per_pixel")
+    print(
+        f"model scale: {float(scale):.4g} µm/px at the network input" if scale else
+        "model scale: unknown (the data set's lineages.toml has no [imaging] microns_per_pixel); "
+        "score-slide will need --mpp"
     )
     return 0

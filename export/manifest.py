@@ -1,8 +1,15 @@
 """``MANIFEST.json``: the SHA-256 of every file of a model repository and the run it came from.
 
 The manifest ties the backbone, the curves and the SVM to one training run. ``smr export`` writes
-it last; ``smr export --check``, the ``smr serve`` launcher and the ``smr_postprocess`` model (at
-load) verify it and refuse a repository whose files do not match, naming the file.
+it last; ``smr export --check``, the ``smr serve`` launcher and the python models (at load) verify
+it and refuse a repository whose files do not match, naming the file.
+
+It covers everything Triton could load or run: every folder at the top of the repository must be
+one of the manifest's ``models`` (an extra model folder is refused), every file below them must be
+listed (an extra file is refused), and Python byte code (``__pycache__``, ``*.pyc``) is refused
+even when listed: Python runs a ``__pycache__/model.cpython-3XX.pyc`` instead of the ``model.py``
+beside it, so byte code would bypass the source's checksum. The repository's own ``README.md`` is
+the one file outside the models that is allowed.
 
 This module uses the standard library only: export copies it next to the Triton python model
 (as ``smr_manifest.py``), where the ``smr`` package is not installed.
@@ -19,6 +26,7 @@ __all__ = [
     "SCHEMA",
     "VERSION",
     "IGNORED_NAMES",
+    "BYTECODE_DIR",
     "ManifestError",
     "sha256_file",
     "repository_files",
@@ -32,9 +40,9 @@ __all__ = [
 MANIFEST_FILE = "MANIFEST.json"
 SCHEMA = "smr.manifest"
 VERSION = 1
-# not artifacts: the repository's own README, and the byte code Python writes beside model.py
+# the one file at the top of a repository, beside MANIFEST.json, that is not an artifact
 IGNORED_NAMES = ("README.md",)
-_IGNORED_DIRS = ("__pycache__",)
+BYTECODE_DIR = "__pycache__"
 _CHUNK = 1 << 20
 
 
@@ -50,29 +58,59 @@ def sha256_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def _is_bytecode(rel: str) -> bool:
+    parts = rel.split("/")
+    return BYTECODE_DIR in parts or rel.endswith((".pyc", ".pyo"))
+
+
 def repository_files(repo: str | os.PathLike, models: list[str] | tuple[str, ...]) -> list[str]:
-    """Relative paths (``/``-separated, sorted) of every file in the given model folders."""
+    """Relative paths (``/``-separated, sorted) of every file in the given model folders.
+
+    Nothing is skipped: hidden files and byte code are files Triton's python backend could load.
+    """
     out = []
     for model in models:
         top = os.path.join(repo, model)
         for dirpath, dirnames, filenames in os.walk(top):
-            dirnames[:] = sorted(d for d in dirnames if d not in _IGNORED_DIRS and not d.startswith("."))
+            dirnames.sort()
             for name in filenames:
-                if name.endswith(".pyc") or name.startswith("."):
-                    continue
                 rel = os.path.relpath(os.path.join(dirpath, name), repo)
                 out.append(rel.replace(os.sep, "/"))
     return sorted(out)
 
 
+def _unlisted_entries(repo: str | os.PathLike, doc: dict) -> list[str]:
+    """Folders and files beside the manifest's model folders (the repository's top level)."""
+    problems = []
+    models = set(doc["models"])
+    for name in sorted(os.listdir(repo)):
+        path = os.path.join(repo, name)
+        if name in models:
+            continue
+        if os.path.isdir(path):
+            problems.append(
+                f"{name}/: model folder not listed in {MANIFEST_FILE} (Triton would load it); remove it, "
+                "or export the repository again"
+            )
+        elif name not in (MANIFEST_FILE, *IGNORED_NAMES):
+            problems.append(f"{name}: not listed in {MANIFEST_FILE} (added after export?); remove it")
+    return problems
+
+
 def build_manifest(repo: str | os.PathLike, models: list[str] | tuple[str, ...], **info) -> dict:
-    """The manifest document for the files now in ``models``; ``info`` adds run, export, versions."""
+    """The manifest document for the files now in ``models``; ``info`` adds run, export, versions.
+
+    Raises ``ManifestError`` when a model folder holds Python byte code, which is never listed."""
+    rels = repository_files(repo, models)
+    bytecode = [rel for rel in rels if _is_bytecode(rel)]
+    if bytecode:
+        raise ManifestError(f"{', '.join(bytecode)}: Python byte code is not an artifact; remove it")
     files = {
         rel: {
             "sha256": sha256_file(os.path.join(repo, rel)),
             "bytes": os.path.getsize(os.path.join(repo, rel)),
         }
-        for rel in repository_files(repo, models)
+        for rel in rels
     }
     return {"schema": SCHEMA, "version": VERSION, "models": list(models), **info, "files": files}
 
@@ -107,16 +145,25 @@ def read_manifest(repo: str | os.PathLike) -> dict:
     return doc
 
 
-def manifest_problems(repo: str | os.PathLike, manifest: dict | None = None) -> list[str]:
-    """Every disagreement between the repository and its manifest, one message per file."""
+def manifest_problems(
+    repo: str | os.PathLike, manifest: dict | None = None, *, allow: tuple[str, ...] = ()
+) -> list[str]:
+    """Every disagreement between the repository and its manifest, one message per file.
+
+    ``allow``: relative paths of byte-code files to accept (a python model accepts the cache of its
+    own ``model.py`` that the python backend stub wrote when it imported it, see postprocess.py).
+    """
     try:
         doc = read_manifest(repo) if manifest is None else manifest
     except ManifestError as exc:
         return [str(exc)]
-    problems = []
+    problems = _unlisted_entries(repo, doc)
     listed = doc["files"]
     for rel, entry in sorted(listed.items()):
         path = os.path.join(repo, rel)
+        if _is_bytecode(rel):
+            problems.append(f"{rel}: Python byte code listed in {MANIFEST_FILE}; byte code is never served")
+            continue
         if not os.path.isfile(path):
             problems.append(f"{rel}: listed in {MANIFEST_FILE} but missing")
             continue
@@ -128,14 +175,21 @@ def manifest_problems(repo: str | os.PathLike, manifest: dict | None = None) -> 
                 f"{str(expected)[:12]}...)"
             )
     for rel in repository_files(repo, doc["models"]):
-        if rel not in listed:
+        if rel in listed or rel in allow:
+            continue
+        if _is_bytecode(rel):
+            problems.append(
+                f"{rel}: Python byte code not listed in {MANIFEST_FILE} (Python would run it instead of "
+                "the checked source); remove it"
+            )
+        else:
             problems.append(f"{rel}: not listed in {MANIFEST_FILE} (added after export?)")
     return problems
 
 
-def verify_manifest(repo: str | os.PathLike) -> dict:
+def verify_manifest(repo: str | os.PathLike, *, allow: tuple[str, ...] = ()) -> dict:
     """Return the manifest, or raise ``ManifestError`` naming every file that does not match it."""
-    problems = manifest_problems(repo)
+    problems = manifest_problems(repo, allow=allow)
     if problems:
         raise ManifestError(
             f"model repository {os.fspath(repo)} does not match its {MANIFEST_FILE}: " + "; ".join(problems)

@@ -8,7 +8,7 @@ back with the same schema for ``smr export --check``.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,26 @@ __all__ = [
     "to_text",
     "parse_config",
     "ConfigFormatError",
+    "MPP_PARAMETER",
+    "FOV_PARAMETER",
+    "PROVENANCE_PARAMETERS",
 ]
+
+# The ensemble's model parameters that describe the model (besides classes, lineages, image_size,
+# embedding_dim), read back by smr.clients.model_info. Each is a string (numbers as JSON) and is left
+# out when unknown. The scale the network input was trained at, in micrometres per pixel, and the
+# field of view of a patch ([height, width] in micrometres, JSON):
+MPP_PARAMETER = "microns_per_pixel"
+FOV_PARAMETER = "field_of_view_um"
+# Where the model comes from (see docs/export.md, "Provenance"):
+PROVENANCE_PARAMETERS = (
+    "manifest_sha256",  # smr.export.repository.manifest_digest of MANIFEST.json
+    "run_id",  # run folder name and the first 12 hex digits of model.safetensors' sha256
+    "training_data",  # the training data set's folder name
+    "training_images",  # images in the training split
+    "val_macro_f1",  # the best epoch's validation macro F1
+    "smr_version",  # the SMR that exported the repository
+)
 
 RUNTIMES = ("onnxruntime", "python")
 INSTANCE_KINDS = ("cpu", "gpu")
@@ -182,10 +201,12 @@ def ensemble_config(
     classes: Sequence[str],
     lineages: Sequence[dict[str, Any]],
     options: ServingOptions,
+    parameters: Mapping[str, str] | None = None,
 ) -> mc.ModelConfig:
     """``smr``: IMAGE -> smr_backbone -> smr_postprocess -> outputs, with the class/lineage metadata.
 
     Every ensemble output comes from ``smr_postprocess`` (``EMBEDDING`` from its ``EMBEDDING_OUT``).
+    ``parameters``: more string parameters (scale and provenance, see :data:`PROVENANCE_PARAMETERS`).
     """
     options.validate()
     config = mc.ModelConfig(name=T.ENSEMBLE, platform="ensemble", max_batch_size=options.max_batch_size)
@@ -205,6 +226,10 @@ def ensemble_config(
     config.parameters["lineages"].string_value = json.dumps(list(lineages))
     config.parameters["image_size"].string_value = str(image_size)
     config.parameters["embedding_dim"].string_value = str(embedding_dim)
+    for key, value in (parameters or {}).items():
+        if key in config.parameters:
+            raise ValueError(f"ensemble parameter {key!r} is set by SMR itself")
+        config.parameters[key].string_value = str(value)
     return config
 
 

@@ -18,25 +18,48 @@ each ``model.py`` under the name it is imported by (``TRITON_IO_MODULE``).
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
+import math
 import platform
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from . import tensors as T
 from .manifest import MANIFEST_FILE, build_manifest, sha256_file, write_manifest
-from .pbtxt import ServingOptions, backbone_config, ensemble_config, postprocess_config, to_text
+from .pbtxt import (
+    FOV_PARAMETER,
+    MPP_PARAMETER,
+    ServingOptions,
+    backbone_config,
+    ensemble_config,
+    postprocess_config,
+    to_text,
+)
 
-__all__ = ["DEFAULT_REPOSITORY", "TRITON_IO_MODULE", "ExportOptions", "ExportResult", "export_repository"]
+__all__ = [
+    "DEFAULT_REPOSITORY",
+    "ENSEMBLE_CONFIG",
+    "TRITON_IO_MODULE",
+    "ExportOptions",
+    "ExportResult",
+    "export_repository",
+    "manifest_digest",
+    "model_parameters",
+]
 
-# the repository's top-level model_repository/ (what docker-compose.yml mounts)
-DEFAULT_REPOSITORY = Path(__file__).resolve().parents[1] / "model_repository"
+# The default model repository of `smr export` and `smr serve` (serving/cli.py imports it): relative
+# to the working directory, so both agree wherever they run; from the top of the checkout it is the
+# folder docker-compose.yml mounts.
+DEFAULT_REPOSITORY = Path("model_repository")
+# the ensemble's config, the one file whose manifest entry manifest_digest leaves out
+ENSEMBLE_CONFIG = f"{T.ENSEMBLE}/config.pbtxt"
 # serving/triton_models/triton_io.py, the tensor I/O of both python models, as they import it
 TRITON_IO_MODULE = "smr_triton_io.py"
 _TRITON_MODELS = "smr.serving.triton_models"
@@ -61,6 +84,55 @@ class ExportResult:
     parity: Any  # ParityReport
     quantization: Any | None  # QuantizationReport
     seconds: float
+    parameters: dict[str, str] = field(default_factory=dict)  # the ensemble's scale and provenance
+
+
+def manifest_digest(manifest: Mapping[str, Any]) -> str:
+    """The ``manifest_sha256`` an exported ensemble carries: SHA-256 of MANIFEST.json's document.
+
+    The ensemble's ``config.pbtxt`` holds this digest and MANIFEST.json holds that file's checksum,
+    so the digest cannot cover its own file: it is taken over the document without the
+    ``smr/config.pbtxt`` entry, as compact JSON with sorted keys. Everything else the manifest
+    records (every other file's checksum, the run, the export settings, the versions) is covered,
+    and the ensemble config itself is checked against MANIFEST.json when the server starts.
+    ``smr export --check`` prints it.
+    """
+    doc = dict(manifest)
+    doc["files"] = {k: v for k, v in dict(doc.get("files", {})).items() if k != ENSEMBLE_CONFIG}
+    text = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def model_parameters(run: Any, run_dir: Path) -> dict[str, str]:
+    """The ensemble's scale and provenance parameters (pbtxt.MPP_PARAMETER, ...) of a loaded run.
+
+    Unknown values are left out; ``manifest_sha256`` is added by :func:`export_repository`.
+    """
+    from smr import __version__
+    from smr.train.rundir import MODEL_FILE, RunDirError, read_split
+
+    params: dict[str, Any] = {}
+    scale = run.meta.get("scale") or {}
+    if scale.get("input_microns_per_pixel") is not None:
+        params[MPP_PARAMETER] = float(scale["input_microns_per_pixel"])
+    if scale.get("field_of_view_um") is not None:
+        params[FOV_PARAMETER] = [float(v) for v in scale["field_of_view_um"]]
+    params["run_id"] = f"{run_dir.resolve().name}-{sha256_file(run_dir / MODEL_FILE)[:12]}"
+    data = run.meta.get("data") or {}
+    try:
+        split = read_split(run_dir)
+    except RunDirError:
+        split = {}
+    name = data.get("name") or (Path(split["data"]).name if split.get("data") else None)
+    if name:
+        params["training_data"] = name
+    if isinstance(split.get("train"), list):
+        params["training_images"] = len(split["train"])
+    f1 = (run.result or {}).get("best_val_macro_f1")
+    if isinstance(f1, int | float) and math.isfinite(f1):
+        params["val_macro_f1"] = round(float(f1), 4)
+    params["smr_version"] = __version__
+    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in params.items()}
 
 
 def _copy_core(dest: Path) -> None:
@@ -253,20 +325,10 @@ def export_repository(
             }
             for lc in run.curves
         ]
-        (staging / T.ENSEMBLE / "config.pbtxt").write_text(
-            to_text(
-                ensemble_config(
-                    image_size=size, embedding_dim=dim, classes=classes, lineages=lineages, options=serving
-                )
-            )
-        )
-
-        # -- manifest, check, install ---------------------------------------------------------
-        manifest = build_manifest(
-            staging,
-            list(T.MODEL_NAMES),
-            created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            run={
+        # -- manifest, ensemble config (carrying the manifest's digest), check, install ----------
+        manifest_info = {
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "run": {
                 "path": str(run_dir.resolve()),
                 "config_sha256": sha256_file(run_dir / CONFIG_FILE),
                 "model_sha256": sha256_file(run_dir / MODEL_FILE),
@@ -274,7 +336,7 @@ def export_repository(
                 "svm_sha256": sha256_file(run_dir / SVM_FILE),
                 "result": run.result,
             },
-            export={
+            "export": {
                 "runtime": serving.runtime,
                 "tensorrt": serving.tensorrt,
                 "quantize": options.quantize,
@@ -293,8 +355,26 @@ def export_repository(
                 },
                 "quantization": quantization.to_dict() if quantization else None,
             },
-            versions=_versions(),
+            "versions": _versions(),
+        }
+        # every file but the ensemble config is in place: its manifest entry is all the digest omits
+        digest = manifest_digest(build_manifest(staging, list(T.MODEL_NAMES), **manifest_info))
+        parameters = {**model_parameters(run, run_dir), "manifest_sha256": digest}
+        (staging / ENSEMBLE_CONFIG).write_text(
+            to_text(
+                ensemble_config(
+                    image_size=size,
+                    embedding_dim=dim,
+                    classes=classes,
+                    lineages=lineages,
+                    options=serving,
+                    parameters=parameters,
+                )
+            )
         )
+        manifest = build_manifest(staging, list(T.MODEL_NAMES), **manifest_info)
+        if manifest_digest(manifest) != digest:  # a file changed between the two manifests
+            raise ExportError(f"{staging}: files changed while the manifest was written; export again")
         write_manifest(staging, manifest)
         check = check_repository(staging)
         if not check.ok:
@@ -314,4 +394,5 @@ def export_repository(
         parity,
         quantization,
         time.perf_counter() - start,
+        parameters,
     )

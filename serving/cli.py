@@ -1,15 +1,17 @@
-"""``smr serve`` (a local Triton on a model repository) and ``smr bench`` (throughput and latency)."""
+"""``smr serve`` (a supervised local Triton on a model repository), ``smr probe`` (one real
+inference: is the server serving?) and ``smr bench`` (throughput and latency)."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import sys
 import threading
 import time
 from pathlib import Path
 
-DEFAULT_REPOSITORY = "model_repository"
+from smr.export.repository import DEFAULT_REPOSITORY  # one default for smr export and smr serve
 
 
 def _port(text: str) -> int:
@@ -23,6 +25,23 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text} must be >= 1")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value <= 86400:
+        raise argparse.ArgumentTypeError(f"{text} must be > 0 and at most 86400 seconds")
+    return value
+
+
+def _log_level(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 10:
+        raise argparse.ArgumentTypeError(f"{text} must be between 0 (off) and 10")
     return value
 
 
@@ -43,9 +62,11 @@ def add_parsers(subparsers) -> None:
         "serve",
         help="serve a model repository with a local Triton Inference Server",
         description="Start tritonserver on an exported model repository (ensemble 'smr'), wait until it is "
-        "ready, print the endpoints and run until Ctrl+C / SIGTERM. The server comes from --tritonserver, "
-        "$TRITONSERVER, PATH, else the nvidia-pytriton wheel (python backend only: export with --runtime "
-        "python). See docs/serving.md.",
+        "ready, print the endpoints and supervise it until Ctrl+C / SIGTERM: a dead python stub, a failing "
+        "probe inference or an exited server is restarted on the same ports. gRPC and metrics only (HTTP "
+        "with --http); shared-memory, model-repository, logging and trace APIs need the admin key printed "
+        "at start. The server comes from --tritonserver, $TRITONSERVER, PATH, else the nvidia-pytriton "
+        "wheel (python backend only: export with --runtime python). See docs/serving.md.",
     )
     serve.add_argument(
         "--repository",
@@ -62,7 +83,31 @@ def add_parsers(subparsers) -> None:
         "--grpc-port", type=_port, default=8001, metavar="PORT", help="gRPC port (default: %(default)s)"
     )
     serve.add_argument(
-        "--http-port", type=_port, default=8000, metavar="PORT", help="HTTP/REST port (default: %(default)s)"
+        "--http",
+        action="store_true",
+        help="also serve HTTP/REST (off by default: the HTTP front end of Triton 2.51 has known crashes, "
+        "see docs/serving.md)",
+    )
+    serve.add_argument(
+        "--http-port",
+        type=_port,
+        default=8000,
+        metavar="PORT",
+        help="HTTP/REST port with --http (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--health-port",
+        type=_port,
+        default=8003,
+        metavar="PORT",
+        help="supervisor's /ready (a real inference), /live and /metrics (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--probe-interval",
+        type=_positive_float,
+        default=10.0,
+        metavar="S",
+        help="seconds between probe inferences (default: %(default)s; dead stubs are seen within 0.5 s)",
     )
     serve.add_argument(
         "--metrics-port",
@@ -73,12 +118,16 @@ def add_parsers(subparsers) -> None:
     )
     serve.add_argument("--tritonserver", metavar="PATH", help="tritonserver binary to run")
     serve.add_argument(
-        "--log-verbose", type=int, default=0, metavar="N", help="Triton verbose log level (default: 0, off)"
+        "--log-verbose",
+        type=_log_level,
+        default=0,
+        metavar="N",
+        help="Triton verbose log level (default: 0, off)",
     )
     serve.add_argument("--log-file", metavar="FILE", help="also keep the server's log in FILE")
     serve.add_argument(
         "--ready-timeout",
-        type=float,
+        type=_positive_float,
         default=300.0,
         metavar="S",
         help="seconds to wait for the models to load (default: %(default)s)",
@@ -96,6 +145,26 @@ def add_parsers(subparsers) -> None:
         help="further tritonserver options after --, e.g. -- --model-load-thread-count=2",
     )
     serve.set_defaults(func=run_serve)
+
+    probe = subparsers.add_parser(
+        "probe",
+        help="one real inference on a server: exit status 0 when it serves",
+        description="Send the model one request of zeros (its input shapes from the server's model config) "
+        "and print how long it took; exit status 1 with the server's error otherwise. Triton's own ready "
+        "endpoint keeps answering ready while a python stub is dead; this does not. For health checks.",
+    )
+    probe.add_argument(
+        "--url", default="127.0.0.1:8001", metavar="HOST:PORT", help="gRPC address (default: %(default)s)"
+    )
+    probe.add_argument("--model", default="smr", help="model to probe (default: %(default)s)")
+    probe.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=30.0,
+        metavar="S",
+        help="seconds to wait (default: %(default)s)",
+    )
+    probe.set_defaults(func=run_probe)
 
     bench = subparsers.add_parser(
         "bench",
@@ -190,11 +259,14 @@ def _follow(path: Path, stop: threading.Event, start: int) -> None:
 
 def run_serve(args: argparse.Namespace) -> int:
     from smr.serving.launcher import TritonError, TritonProcess
+    from smr.serving.supervisor import Supervisor, SupervisorError
 
+    logging.basicConfig(level=logging.INFO, format="smr serve: %(message)s", stream=sys.stderr)
     server_args = [a for a in args.server_args if a != "--"]
     server = TritonProcess(
         args.repository,
         host=args.host,
+        http=args.http,
         grpc_port=args.grpc_port,
         http_port=args.http_port,
         metrics_port=args.metrics_port,
@@ -205,31 +277,41 @@ def run_serve(args: argparse.Namespace) -> int:
         ready_timeout=args.ready_timeout,
         server_args=server_args,
     )
+    supervisor = Supervisor(
+        server, probe_interval=args.probe_interval, health_host=args.host, health_port=args.health_port
+    )
+    stop = threading.Event()
     received: list[int] = []
 
     def forward(signum, _frame) -> None:
         received.append(signum)
+        stop.set()
 
     print(f"smr serve: starting tritonserver on {server.repository} ...", file=sys.stderr, flush=True)
     try:
-        server.start()
+        supervisor.start()
     except TritonError as exc:
+        supervisor.stop()
         print(f"smr serve: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        server.stop()
+        supervisor.stop()
         return 130
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
     stop_echo = threading.Event()
     echo = None
     try:
         assert server.install is not None and server.info is not None
+        http = server.http_url or "off (serve it with --http)"
         print(
             f"SMR is serving '{server.model}' from {server.repository}\n"
             f"  tritonserver  {server.install.executable} ({server.install.source}), pid {server.pid}\n"
             f"  gRPC          {server.grpc_url}\n"
-            f"  HTTP          {server.http_url}\n"
+            f"  HTTP          {http}\n"
             f"  metrics       {server.metrics_url}\n"
+            f"  health        {supervisor.health_url}/ready (a real inference), /live, /metrics\n"
+            f"  admin key     {server.admin_key_file} (shared-memory, model-repository, logging and trace "
+            "APIs; new at every start)\n"
             f"  models        {', '.join(f'{n} ({b})' for n, b in sorted(server.info.models.items()))}\n"
             f"  max batch     {server.info.max_batch_size}\n"
             "Ctrl+C or SIGTERM stops it.",
@@ -242,28 +324,51 @@ def run_serve(args: argparse.Namespace) -> int:
                 daemon=True,
             )
             echo.start()
-        while server.is_alive() and not received:
-            time.sleep(0.2)
-        if received:
-            name = signal.Signals(received[0]).name
-            print(f"smr serve: {name} received, stopping tritonserver ...", file=sys.stderr, flush=True)
-            code = server.stop()
-            print(f"smr serve: tritonserver stopped (exit code {code})", file=sys.stderr)
-            return 0
-        code = server.poll()
-        tail = "\n".join(server.log().splitlines()[-30:])
-        print(
-            f"smr serve: error: tritonserver exited unexpectedly (code {code}); last log lines:\n{tail}",
-            file=sys.stderr,
-        )
-        return 1
+        try:
+            supervisor.run(stop)
+        except SupervisorError as exc:
+            print(f"smr serve: error: {exc}", file=sys.stderr)
+            return 1
+        name = signal.Signals(received[0]).name if received else "stop"
+        print(f"smr serve: {name} received, stopping tritonserver ...", file=sys.stderr, flush=True)
+        code = server.stop()
+        print(f"smr serve: tritonserver stopped (exit code {code})", file=sys.stderr)
+        return 0
     finally:
         stop_echo.set()
         if echo is not None:
             echo.join(timeout=1)
-        server.stop()
+        supervisor.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def run_probe(args: argparse.Namespace) -> int:
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    from smr.serving.launcher import ProbeError, probe_model
+
+    client = grpcclient.InferenceServerClient(args.url)
+    try:
+        config = client.get_model_config(args.model, as_json=True, client_timeout=args.timeout)["config"]
+        inputs = [
+            (t["name"], t["data_type"].removeprefix("TYPE_"), [int(d) for d in t.get("dims", [])])
+            for t in config.get("input", [])
+        ]
+        seconds = probe_model(
+            client, args.model, inputs, int(config.get("max_batch_size", 0)) > 0, args.timeout
+        )
+    except InferenceServerException as exc:
+        print(f"smr probe: error: {args.url}: {exc.message()} (is `smr serve` running?)", file=sys.stderr)
+        return 1
+    except ProbeError as exc:
+        print(f"smr probe: error: {args.url}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        client.close()
+    print(f"{args.url}: '{args.model}' answered a probe inference in {seconds * 1000:.0f} ms")
+    return 0
 
 
 def run_bench(args: argparse.Namespace) -> int:

@@ -15,7 +15,12 @@ environment by looking up ``python3`` on ``PATH``, so the environment's ``bin`` 
 
 The server binds to the loopback address unless told otherwise, loads every model in the
 repository, exits on a model that fails to load (its own log lines end up in the error), and is
-stopped with SIGTERM (SIGKILL after a grace period). See docs/serving.md for every setting.
+stopped with SIGTERM (SIGKILL after a grace period). It is locked down by default: HTTP is off
+(``http=True`` turns it on), the shared-memory, model-repository, logging and trace APIs need a
+per-start secret (``admin_headers()``, kept in a 0600 file), its shared memory is private (umask
+077) and removed after it stops, and it dies with the process that started it. ``probe()`` runs a
+real inference; ``restart()`` replaces a broken server on the same ports (the supervisor of ``smr
+serve`` uses both, see supervisor.py). See docs/serving.md for every setting.
 """
 
 from __future__ import annotations
@@ -23,13 +28,14 @@ from __future__ import annotations
 import atexit
 import ctypes
 import importlib.util
-import json
+import logging
 import math
 import os
 import re
 import secrets
 import shutil
 import signal
+import site
 import socket
 import subprocess
 import sys
@@ -37,12 +43,12 @@ import sysconfig
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from . import shm
 
 ENSEMBLE = "smr"
 LOOPBACK = "127.0.0.1"
@@ -54,6 +60,16 @@ _DTYPE_BYTES = {
     "TYPE_FP16": 2, "TYPE_BF16": 2, "TYPE_UINT32": 4, "TYPE_INT32": 4, "TYPE_FP32": 4,
     "TYPE_UINT64": 8, "TYPE_INT64": 8, "TYPE_FP64": 8,
 }  # fmt: skip
+# APIs that need the per-start secret (Triton's --grpc-restricted-protocol / --http-restricted-api):
+# registering shared memory (the python backend's own regions included), loading and unloading
+# models, changing the log settings and tracing. Health, metadata, config, statistics and inference
+# stay open: clients and `smr bench` use them.
+RESTRICTED_APIS = ("shared-memory", "model-repository", "logging", "trace")
+ADMIN_KEY = "smr-admin-key"  # the header HTTP checks; gRPC checks it with Triton's prefix below
+GRPC_RESTRICTED_PREFIX = "triton-grpc-protocol-"
+ADMIN_KEY_FILE = "admin-key"
+STUB_NAME = "triton_python_backend_stub"
+log = logging.getLogger(__name__)
 _LOG_ERROR_LINE = re.compile(r"^(E\d{4} |error:|.*\bfailed to load\b|.*Traceback|.*Error\b)")
 
 
@@ -75,6 +91,19 @@ class TritonStartError(TritonError):
     def __init__(self, message: str, log: str = "") -> None:
         super().__init__(message)
         self.log = log
+
+
+class ProbeError(TritonError):
+    """A probe inference failed; ``status`` is the gRPC status ("StatusCode.INTERNAL") or ""."""
+
+    def __init__(self, message: str, status: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+
+    @property
+    def stub_died(self) -> bool:
+        """The python backend reports a dead stub process (the server never recovers by itself)."""
+        return "Stub process" in str(self) and "not healthy" in str(self)
 
 
 # --------------------------------------------------------------------------------------------
@@ -178,6 +207,7 @@ class RepositoryInfo:
     models: dict[str, str]  # model name -> backend ("python", "onnxruntime", "ensemble", ...)
     max_batch_size: int  # of the served model
     largest_batch_bytes: int  # largest input batch a python model receives (0: unknown)
+    inputs: tuple[tuple[str, str, tuple[int, ...]], ...] = ()  # served model: (name, "UINT8", dims)
 
 
 def _backend_of(config) -> str:
@@ -207,6 +237,7 @@ def read_repository(repository: str | os.PathLike[str], model: str = ENSEMBLE) -
         )
     models: dict[str, str] = {}
     max_batch = {}
+    inputs = {}
     batch_bytes = 0
     for config_path in sorted(repo.glob("*/config.pbtxt")):
         config = model_config_pb2.ModelConfig()
@@ -217,6 +248,10 @@ def read_repository(repository: str | os.PathLike[str], model: str = ENSEMBLE) -
         name = config.name or config_path.parent.name
         models[name] = _backend_of(config)
         max_batch[name] = config.max_batch_size
+        inputs[name] = tuple(
+            (t.name, model_config_pb2.DataType.Name(t.data_type).removeprefix("TYPE_"), tuple(t.dims))
+            for t in config.input
+        )
         if models[name] == "python":
             batch = max(config.max_batch_size, 1)
             total = 0
@@ -233,7 +268,11 @@ def read_repository(repository: str | os.PathLike[str], model: str = ENSEMBLE) -
     if model not in models:
         raise RepositoryError(f"{repo} has no model '{model}'; it has: {', '.join(sorted(models))}")
     return RepositoryInfo(
-        path=repo, models=models, max_batch_size=max_batch[model], largest_batch_bytes=batch_bytes
+        path=repo,
+        models=models,
+        max_batch_size=max_batch[model],
+        largest_batch_bytes=batch_bytes,
+        inputs=inputs[model],
     )
 
 
@@ -295,12 +334,48 @@ def has_nvidia_gpu() -> bool:
     return Path("/dev/nvidiactl").exists()
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
+def _child_setup(parent: int | None) -> None:  # runs in the child between fork and exec
+    """Private files (umask 077: the python backend's /dev/shm regions become 0600) and, with a
+    ``parent`` pid, death with it: PR_SET_PDEATHSIG sends SIGTERM when the thread that started the
+    server ends, even on SIGKILL; if the parent is already gone, the child exits before exec."""
+    os.umask(0o077)
+    if parent is None:
+        return
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: no orphaned servers if the parent is killed
+        libc.prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
-        pass
+        return
+    if os.getppid() != parent:  # the parent died between fork and prctl
+        os._exit(1)
+
+
+def stage_python_environment(target: Path) -> Path:
+    """A private Python environment for the embedded server's python backend stubs.
+
+    The stub embeds Python in isolated mode (environment variables such as PYTHONDONTWRITEBYTECODE
+    are ignored) and finds its environment through ``python3`` on ``PATH``. This folder is such an
+    environment: a ``pyvenv.cfg`` pointing at this Python's installation and a ``.pth`` file that
+    turns byte-code writing off before any model is imported (serving leaves the repository as
+    exported) and adds this environment's site-packages (numpy, onnxruntime). Returns its ``bin``.
+    """
+    base = Path(getattr(sys, "_base_executable", sys.executable))
+    bindir = target / "bin"
+    bindir.mkdir(parents=True)
+    (bindir / "python3").symlink_to(base)
+    version = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    (target / "pyvenv.cfg").write_text(
+        f"home = {base.parent}\ninclude-system-site-packages = false\n"
+        f"version = {sys.version_info[0]}.{sys.version_info[1]}.{sys.version_info[2]}\n"
+    )
+    packages = target / "lib" / f"python{version}" / "site-packages"
+    packages.mkdir(parents=True)
+    dirs = [d for d in site.getsitepackages() if Path(d).is_dir()]
+    # one line: site executes lines that start with "import"; no comprehension (its scope cannot
+    # see names the line imported)
+    line = f"import site, sys; sys.dont_write_bytecode = True; list(map(site.addsitedir, {dirs!r}))\n"
+    (packages / "smr_serving.pth").write_text(line)
+    return bindir
 
 
 _RUNNING: weakref.WeakSet[TritonProcess] = weakref.WeakSet()
@@ -316,9 +391,11 @@ class TritonProcess:
     """A ``tritonserver`` child process serving one model repository.
 
     Ports left at 0 are chosen free at start (and chosen again if the server loses a race for
-    them). ``start`` returns once ``model`` answers ready; it raises ``TritonStartError`` with the
-    server's own log lines if the server exits or does not become ready within ``ready_timeout``.
-    Use as a context manager, or call ``start`` and ``stop``.
+    them); ``restart`` keeps the ports of the first start. ``start`` returns once ``model`` answers
+    ready; it raises ``TritonStartError`` with the server's own log lines if the server exits or
+    does not become ready within ``ready_timeout``. Use as a context manager, or call ``start`` and
+    ``stop``. HTTP is served only with ``http=True``; the APIs in ``RESTRICTED_APIS`` need
+    ``admin_headers()`` unless ``restrict_apis=False``.
     """
 
     def __init__(
@@ -327,11 +404,13 @@ class TritonProcess:
         *,
         model: str = ENSEMBLE,
         host: str = LOOPBACK,
+        http: bool = False,
         http_port: int = 0,
         grpc_port: int = 0,
         metrics_port: int = 0,
         tritonserver: str | os.PathLike[str] | None = None,
         check_manifest: bool = True,
+        restrict_apis: bool = True,
         log_verbose: int = 0,
         log_file: str | os.PathLike[str] | None = None,
         ready_timeout: float = 180.0,
@@ -341,10 +420,14 @@ class TritonProcess:
         self.repository = Path(repository).expanduser().resolve()
         self.model = model
         self.host = host
-        self._requested_ports = {"http": http_port, "grpc": grpc_port, "metrics": metrics_port}
+        self.http = http
+        self._requested_ports = {"grpc": grpc_port, "metrics": metrics_port}
+        if http:
+            self._requested_ports["http"] = http_port
         self.ports = dict(self._requested_ports)
         self._tritonserver = tritonserver
         self.check_manifest = check_manifest
+        self.restrict_apis = restrict_apis
         self.log_verbose = log_verbose
         self.log_file = Path(log_file).expanduser().resolve() if log_file else None
         self.ready_timeout = ready_timeout
@@ -352,11 +435,16 @@ class TritonProcess:
         self.server_args = tuple(server_args)
         self.install: TritonInstall | None = None
         self.info: RepositoryInfo | None = None
+        self.shm_prefix = ""  # this start's /dev/shm region prefix
         self._process: subprocess.Popen | None = None
         self._workdir: Path | None = None
+        self._env_bin: Path | None = None
+        self._admin_key = ""
         self._log_path: Path | None = None
         self._final_log: str | None = None
         self._log_offset = 0
+        self._stubs: dict[int, str] = {}  # stub pid -> model instance, as found when ready
+        self._grpc_client = None
 
     # -- endpoints ------------------------------------------------------------------------
     @property
@@ -365,8 +453,9 @@ class TritonProcess:
         return f"{self._client_host}:{self.ports['grpc']}"
 
     @property
-    def http_url(self) -> str:
-        return f"http://{self._client_host}:{self.ports['http']}"
+    def http_url(self) -> str | None:
+        """``http://host:port``, or None when HTTP is off (the default)."""
+        return f"http://{self._client_host}:{self.ports['http']}" if self.http else None
 
     @property
     def metrics_url(self) -> str:
@@ -380,9 +469,23 @@ class TritonProcess:
     def pid(self) -> int | None:
         return self._process.pid if self._process else None
 
+    @property
+    def admin_key_file(self) -> Path | None:
+        """The 0600 file holding this start's secret for the restricted APIs (None when stopped)."""
+        return self._workdir / ADMIN_KEY_FILE if self._workdir is not None and self.restrict_apis else None
+
+    def admin_headers(self, protocol: str = "grpc") -> dict[str, str]:
+        """Headers that unlock the restricted APIs, for ``"grpc"`` or ``"http"`` requests."""
+        if not self.restrict_apis:
+            return {}
+        if not self._admin_key:
+            raise TritonError("the admin key exists only while the server runs")
+        key = ADMIN_KEY if protocol == "http" else GRPC_RESTRICTED_PREFIX + ADMIN_KEY
+        return {key: self._admin_key}
+
     # -- lifecycle ------------------------------------------------------------------------
     def command(self) -> list[str]:
-        """The ``tritonserver`` command line (ports as resolved by ``start``)."""
+        """The ``tritonserver`` command line (ports, region prefix and secret as of this start)."""
         if self.install is None or self.info is None:
             raise TritonError(
                 "command() is known only after start() found the server and read the repository"
@@ -391,8 +494,6 @@ class TritonProcess:
         cmd = [
             os.fspath(self.install.executable),
             f"--model-repository={self.repository}",
-            f"--http-address={self.host}",
-            f"--http-port={self.ports['http']}",
             f"--grpc-address={self.host}",
             f"--grpc-port={self.ports['grpc']}",
             "--allow-metrics=true",
@@ -405,9 +506,19 @@ class TritonProcess:
             "--exit-on-error=true",
             f"--backend-config=python,shm-default-byte-size={shm_default}",
             f"--backend-config=python,shm-growth-byte-size={shm_growth}",
-            # a unique prefix, so that several servers on one machine never share a region
-            f"--backend-config=python,shm-region-prefix-name=smr{os.getpid()}_{secrets.token_hex(3)}_",
+            # a unique prefix, so that several servers on one machine never share a region and the
+            # regions of this start can be found and removed
+            f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
         ]
+        if self.http:
+            cmd += [f"--http-address={self.host}", f"--http-port={self.ports['http']}"]
+        else:
+            cmd.append("--allow-http=false")
+        if self.restrict_apis:
+            apis = ",".join(RESTRICTED_APIS)
+            cmd.append(f"--grpc-restricted-protocol={apis}:{ADMIN_KEY}={self._admin_key}")
+            if self.http:
+                cmd.append(f"--http-restricted-api={apis}:{ADMIN_KEY}={self._admin_key}")
         if self.install.is_embedded:
             cmd.append(f"--backend-directory={self._workdir / 'backends'}")
         if not has_nvidia_gpu():
@@ -415,14 +526,16 @@ class TritonProcess:
         return cmd + list(self.server_args)
 
     def environment(self) -> dict[str, str]:
-        """The server's environment: bundled libraries and this Python's environment first."""
+        """The server's environment: bundled libraries and the stubs' private environment first."""
         env = dict(os.environ)
+        env["PYTHONDONTWRITEBYTECODE"] = "1"  # stubs that read the environment (the embedded one does not)
         if self.install is not None and self.install.library_dirs:
             dirs = [os.fspath(d) for d in self.install.library_dirs]
             if env.get("LD_LIBRARY_PATH"):
                 dirs.append(env["LD_LIBRARY_PATH"])
             env["LD_LIBRARY_PATH"] = os.pathsep.join(dirs)
-            env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", os.defpath)])
+            first = os.fspath(self._env_bin) if self._env_bin else os.path.dirname(sys.executable)
+            env["PATH"] = os.pathsep.join([first, env.get("PATH", os.defpath)])
         return env
 
     def _stage_backend(self) -> None:
@@ -432,11 +545,11 @@ class TritonProcess:
             return
         target = self._workdir / "backends" / "python"
         shutil.copytree(self.install.python_backend, target, ignore=shutil.ignore_patterns("__pycache__"))
-        shutil.copy2(self.install.stub, target / "triton_python_backend_stub")
+        shutil.copy2(self.install.stub, target / STUB_NAME)
+        self._env_bin = stage_python_environment(self._workdir / "python")
 
-    def start(self) -> TritonProcess:
-        if self.is_alive():
-            return self
+    def check_repository(self) -> None:
+        """Everything ``start`` checks before starting: the binary, the configs, the manifest."""
         self.install = find_tritonserver(self._tritonserver)
         self.info = read_repository(self.repository, self.model)
         if self.install.is_embedded:
@@ -450,31 +563,61 @@ class TritonProcess:
                 )
         if self.check_manifest:
             verify_manifest(self.repository)
+
+    def start(self) -> TritonProcess:
+        if self.is_alive():
+            return self
+        self.check_repository()
+        for path in shm.remove_stale_regions():
+            log.info("removed %s, left by a dead SMR server", path)
         self._final_log = None
-        self._workdir = Path(tempfile.mkdtemp(prefix="smr-triton-"))
+        self._workdir = Path(tempfile.mkdtemp(prefix="smr-triton-"))  # 0700
         try:
             self._stage_backend()
-            for attempt in range(3):
-                self._launch()
-                try:
-                    self.wait_ready(self.ready_timeout)
-                    _RUNNING.add(self)
-                    return self
-                except TritonStartError as exc:
-                    auto_ports = 0 in self._requested_ports.values()
-                    if attempt < 2 and auto_ports and "already in use" in exc.log.lower():
-                        self._terminate()
-                        continue  # lost a race for a port: pick new ones
-                    raise
+            self._launch_until_ready(retry_ports=0 in self._requested_ports.values())
+            _RUNNING.add(self)
+            return self
         except BaseException:
             self.stop()
             raise
-        raise AssertionError("unreachable")
 
-    def _launch(self) -> None:
+    def _launch_until_ready(self, retry_ports: bool, port_wait: float = 0.0) -> None:
+        for attempt in range(3):
+            self._launch(port_wait)
+            try:
+                self.wait_ready(self.ready_timeout)
+                self._stubs = self.stub_processes()
+                return
+            except TritonStartError as exc:
+                if attempt < 2 and retry_ports and "already in use" in exc.log.lower():
+                    self._terminate(force=True)
+                    continue  # lost a race for a port: pick new ones
+                raise
+
+    def restart(self) -> None:
+        """Kill the server (and its stubs) at once, remove its regions, start it again on the same
+        ports and wait until it is ready. Raises ``TritonStartError`` like ``start``."""
+        if self._workdir is None:
+            raise TritonError("restart() needs a started server")
+        self._terminate(force=True)
+        self._requested_ports = dict(self.ports)  # the same ports as before
+        self._launch_until_ready(retry_ports=False, port_wait=10.0)  # the killed server's ports free up
+        _RUNNING.add(self)
+
+    def _write_admin_key(self) -> None:
+        self._admin_key = secrets.token_urlsafe(32)
+        path = self._workdir / ADMIN_KEY_FILE
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(self._admin_key + "\n")
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+
+    def _launch(self, port_wait: float = 0.0) -> None:
         assert self._workdir is not None
         for name, port in self._requested_ports.items():
-            if port and not port_is_free(port, self.host):
+            if port and not _wait_port_free(port, self.host, timeout=port_wait):
                 raise TritonStartError(
                     f"--{name}-port {port} on {self.host} is already in use (another tritonserver or "
                     "smr serve?); choose another port, or 0 for a free one"
@@ -482,44 +625,82 @@ class TritonProcess:
         self.ports = {
             name: port or free_port(self._client_host) for name, port in self._requested_ports.items()
         }
+        self.shm_prefix = shm.new_prefix()
+        if self.restrict_apis:
+            self._write_admin_key()
         self._log_path = self.log_file or self._workdir / "tritonserver.log"
         self._log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log_offset = self._log_path.stat().st_size if self._log_path.exists() else 0
-        # PR_SET_PDEATHSIG fires when the *thread* that started the child ends: only from the main thread
-        die_with_parent = (
-            sys.platform.startswith("linux") and threading.current_thread() is threading.main_thread()
-        )
-        with open(self._log_path, "ab") as log:
+        # PR_SET_PDEATHSIG fires when the *thread* that started the child ends: only from the main
+        # thread, or from a thread marked to live as long as its servers (the supervisor's)
+        thread = threading.current_thread()
+        long_lived = thread is threading.main_thread() or getattr(thread, "owns_servers", False)
+        parent = os.getpid() if sys.platform.startswith("linux") and long_lived else None
+        with open(self._log_path, "ab") as log_fh:
             self._process = subprocess.Popen(
                 self.command(),
                 stdin=subprocess.DEVNULL,
-                stdout=log,
+                stdout=log_fh,
                 stderr=subprocess.STDOUT,
                 env=self.environment(),
                 cwd=self._workdir,
                 start_new_session=True,  # signals reach it only through us (forwarded by stop())
-                preexec_fn=_die_with_parent if die_with_parent else None,
+                preexec_fn=lambda: _child_setup(parent),
             )
+        self._stubs = {}
+        self._close_client()
+        guard = threading.Thread(target=self._guard_regions, args=(self._process,), daemon=True)
+        guard.start()
 
-    def _get(self, path: str, method: str = "GET") -> tuple[int, bytes]:
-        request = urllib.request.Request(
-            self.http_url + path, method=method, data=b"{}" if method == "POST" else None
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=2) as response:
-                return response.status, response.read()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read()
+    def _guard_regions(self, process: subprocess.Popen) -> None:
+        """Make this start's /dev/shm regions 0600 as soon as they appear, while the server runs.
+
+        The umask alone does not do it: the 2.51 python backend (boost.interprocess) sets its regions
+        to 0644 with fchmod after creating them. Regions appear while models load (every 10 ms then)
+        and are grown in place later (checked every 0.5 s).
+        """
+        prefix = self.shm_prefix
+        while process.poll() is None:
+            for path in shm.regions(prefix):
+                try:
+                    if path.stat().st_mode & 0o077:
+                        path.chmod(0o600)
+                except OSError:
+                    pass
+            time.sleep(0.5 if self._stubs else 0.01)
+
+    # -- talking to the server ------------------------------------------------------------
+    def grpc_client(self):
+        """A ``tritonclient.grpc.InferenceServerClient`` for this start (kept, closed on stop)."""
+        if self._grpc_client is None:
+            import tritonclient.grpc as grpcclient
+
+            self._grpc_client = grpcclient.InferenceServerClient(self.grpc_url)
+        return self._grpc_client
+
+    def _close_client(self) -> None:
+        if self._grpc_client is not None:
+            try:
+                self._grpc_client.close()
+            except Exception:  # noqa: BLE001 - closing a broken channel
+                pass
+            self._grpc_client = None
 
     def model_states(self) -> dict[str, tuple[str, str]]:
-        """Model name -> (state, reason) from the server's repository index."""
-        status, body = self._get("/v2/repository/index", method="POST")
-        if status != 200:
+        """Model name -> (state, reason) from the server's repository index (a restricted API)."""
+        from tritonclient.utils import InferenceServerException
+
+        headers = self.admin_headers() if self.restrict_apis else None
+        try:
+            index = self.grpc_client().get_model_repository_index(headers=headers, as_json=True)
+        except InferenceServerException:
             return {}
-        return {m["name"]: (m.get("state", ""), m.get("reason", "")) for m in json.loads(body)}
+        return {m["name"]: (m.get("state", ""), m.get("reason", "")) for m in index.get("models", [])}
 
     def wait_ready(self, timeout: float) -> None:
-        """Poll ``/v2/models/<model>/ready``; fail fast when the process exits or the model failed."""
+        """Poll the model's readiness over gRPC; fail fast when the process exits or a model failed."""
+        from tritonclient.utils import InferenceServerException
+
         deadline = time.monotonic() + timeout
         while True:
             code = self._process.poll() if self._process else -1
@@ -528,8 +709,7 @@ class TritonProcess:
                     f"tritonserver exited with code {code} before '{self.model}' was ready"
                 )
             try:
-                status, _ = self._get(f"/v2/models/{self.model}/ready")
-                if status == 200:
+                if self.grpc_client().is_model_ready(self.model, client_timeout=2):
                     return
                 states = self.model_states()
                 failed = {n: s for n, s in states.items() if s[0] == "UNAVAILABLE" and s[1]}
@@ -540,18 +720,55 @@ class TritonProcess:
                     raise self._start_error(
                         f"the server has no model '{self.model}'; it has {sorted(states)}"
                     )
-            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+            except InferenceServerException:
                 pass  # endpoints come up only after every model loaded
             if time.monotonic() > deadline:
                 raise self._start_error(f"'{self.model}' not ready after {timeout:.0f} s")
             time.sleep(0.2)
 
+    def probe(self, timeout: float = 30.0) -> float:
+        """One real inference on the served model (a batch of one zero input, every output);
+        returns its seconds or raises ``ProbeError``. Triton's readiness alone says nothing about
+        dead python stubs: their models keep answering ready while every request fails."""
+        if self.info is None or not self.is_alive():
+            raise ProbeError("the server is not running")
+        return probe_model(
+            self.grpc_client(), self.model, self.info.inputs, self.info.max_batch_size > 0, timeout
+        )
+
+    def stub_processes(self) -> dict[int, str]:
+        """The server's python backend stubs: pid -> model instance name (``smr_backbone_0_0``)."""
+        pid = self.pid
+        if pid is None:
+            return {}
+        stubs = {}
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                if ppid != pid:
+                    continue
+                argv = (proc / "cmdline").read_bytes().split(b"\0")
+            except (OSError, ValueError, IndexError):
+                continue
+            if argv and argv[0].endswith(STUB_NAME.encode()):
+                stubs[int(proc.name)] = argv[8].decode() if len(argv) > 8 else "?"
+        return stubs
+
+    def dead_stubs(self) -> list[str]:
+        """Model instances whose stub, alive when the server became ready, is gone."""
+        if not self._stubs:
+            return []
+        alive = self.stub_processes()
+        return sorted(name for pid, name in self._stubs.items() if alive.get(pid) != name)
+
     def _start_error(self, headline: str) -> TritonStartError:
         if self._log_path is not None and self._log_path.exists():  # this attempt's output only
-            log = self._log_path.read_bytes()[self._log_offset :].decode(errors="replace")
+            text = self._log_path.read_bytes()[self._log_offset :].decode(errors="replace")
         else:
-            log = self.log()
-        lines = log.splitlines()
+            text = self.log()
+        lines = text.splitlines()
         errors = [line for line in lines if _LOG_ERROR_LINE.match(line) and "CudaDriverHelper" not in line]
         source = self.install.source if self.install else "?"
         parts = [f"{headline} (repository {self.repository}, server from {source})"]
@@ -560,7 +777,7 @@ class TritonProcess:
         parts += ["last lines of the server log:", *("  " + line for line in lines[-25:])]
         if self.log_file:
             parts.append(f"full log: {self.log_file}")
-        return TritonStartError("\n".join(parts), log)
+        return TritonStartError("\n".join(parts), text)
 
     def is_alive(self) -> bool:
         return self._process is not None and self._process.poll() is None
@@ -573,23 +790,27 @@ class TritonProcess:
         if self.is_alive():
             self._process.send_signal(sig)
 
-    def _terminate(self) -> int | None:
-        """SIGTERM, then SIGKILL to the server's process group after the grace period."""
+    def _terminate(self, force: bool = False) -> int | None:
+        """SIGTERM, then SIGKILL to the server's process group after the grace period (at once with
+        ``force`` or when a stub is dead: such a server never finishes a clean shutdown); then its
+        shared-memory regions are removed."""
         proc = self._process
         if proc is None:
             return None
-        if proc.poll() is None:
+        self._close_client()
+        if proc.poll() is None and not force and not self.dead_stubs():
             proc.send_signal(signal.SIGTERM)
             try:
                 proc.wait(timeout=self.exit_timeout + 15)
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        else:
-            try:  # python backend stubs left behind by a crashed server
-                os.killpg(proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
                 pass
+        try:  # the server if it is still there, and python backend stubs left behind
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        proc.wait()
+        _wait_group_gone(proc.pid, timeout=10)
+        shm.remove_regions(self.shm_prefix)
         return proc.returncode
 
     def stop(self) -> int | None:
@@ -600,6 +821,7 @@ class TritonProcess:
             self._final_log = self.log()
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None
+        self._admin_key = ""
         return code
 
     def log(self) -> str:
@@ -617,3 +839,53 @@ class TritonProcess:
     def __repr__(self) -> str:
         state = "running" if self.is_alive() else "stopped"
         return f"TritonProcess({str(self.repository)!r}, grpc={self.grpc_url}, {state})"
+
+
+def probe_model(
+    client, model: str, inputs: Sequence[tuple[str, str, Sequence[int]]], batched: bool, timeout: float
+) -> float:
+    """Send ``model`` one request of zeros (``inputs``: (name, Triton data type, dims) as in its
+    config; a batch of one when ``batched``) through ``client`` (tritonclient.grpc); returns the
+    seconds it took or raises ``ProbeError``. The request carries the parameter ``smr_probe``."""
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException, triton_to_np_dtype
+
+    if not inputs:
+        raise ProbeError(f"'{model}' has no inputs to probe with")
+    tensors = []
+    for name, datatype, dims in inputs:
+        shape = [1, *dims] if batched else list(dims)
+        if any(d < 0 for d in shape):
+            raise ProbeError(f"'{model}' input {name} has a variable shape {list(dims)}; cannot probe it")
+        tensor = grpcclient.InferInput(name, shape, datatype)
+        tensor.set_data_from_numpy(np.zeros(shape, dtype=triton_to_np_dtype(datatype)))
+        tensors.append(tensor)
+    start = time.perf_counter()
+    try:
+        client.infer(model, tensors, client_timeout=timeout, parameters={"smr_probe": True})
+    except InferenceServerException as exc:
+        status = str(exc.status() or "")
+        raise ProbeError(f"probe inference on '{model}' failed: {status}: {exc.message()}", status) from None
+    return time.perf_counter() - start
+
+
+def _wait_port_free(port: int, host: str, timeout: float) -> bool:
+    """True once ``host:port`` can be bound (a killed server's port frees within moments)."""
+    deadline = time.monotonic() + timeout
+    while not port_is_free(port, host):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def _wait_group_gone(pgid: int, timeout: float) -> None:
+    """Wait until no process of group ``pgid`` is left (killed stubs take a moment to exit)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return
+        time.sleep(0.05)

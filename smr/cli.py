@@ -3,6 +3,20 @@
 Each module listed in ``COMMAND_MODULES`` exposes ``add_parsers(subparsers)``, which registers its
 sub-commands with ``set_defaults(func=...)``. Those modules import only argparse-level things at
 the top, so ``smr --help`` stays fast; heavy imports (torch, onnxruntime) happen inside ``func``.
+
+Exit status, the same for every sub-command (:func:`run_command` enforces what it can):
+
+- 0: done;
+- 1 (:data:`EXIT_FAILURE`): the work failed (a server that does not answer, a failed export or
+  training run, damaged inputs skipped, an unexpected error);
+- 2 (:data:`EXIT_USAGE`): the command was used wrongly (bad option values, missing or unusable
+  input files): fix the command line and run it again.
+
+A sub-command returns its status, or raises ``SystemExit("smr <cmd>: error: ...")`` for an error
+the user can fix: the message is printed and :class:`CommandExit` carries status 2 out of
+:func:`main`, or 1 when the message was raised while handling a ``RuntimeError`` (a failure, e.g.
+``raise SystemExit(...) from None`` in an ``except TrainError``). Any other exception is printed as
+one ``smr <cmd>: error:`` line with status 1 (``SMR_DEBUG=1`` shows the traceback instead).
 """
 
 from __future__ import annotations
@@ -14,6 +28,9 @@ import sys
 
 from smr import __version__
 
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+DEBUG_ENV = "SMR_DEBUG"
+
 COMMAND_MODULES = [
     "smr.data.cli",  # data check
     "smr.synth.cli",  # synth, synth-slide
@@ -21,6 +38,7 @@ COMMAND_MODULES = [
     "smr.export.cli",  # export
     "smr.serving.cli",  # serve, bench
     "smr.clients.cli",  # classify, score-slide, score-slides
+    "smr.clients.recount",  # recount
     "smr.demo",  # demo
 ]
 
@@ -38,12 +56,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
+class CommandExit(SystemExit):
+    """A sub-command's ``SystemExit("message")`` once the message is printed: ``code`` is the exit
+    status (so the interpreter prints nothing more), ``str()`` the message (for callers and tests)."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(status)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _command_name(args: argparse.Namespace) -> str:
+    parts = [getattr(args, "command", None)]
+    parts += [v for k, v in vars(args).items() if k.endswith("_command") and isinstance(v, str)]
+    return " ".join(p for p in parts if p) or "?"
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run a parsed sub-command and turn whatever it ends with into an exit status (module docstring)."""
+    name = _command_name(args)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
@@ -53,6 +86,41 @@ def main(argv: list[str] | None = None) -> int:
         # The reader went away (e.g. `smr data check DIR --json | head`): stop quietly.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except CommandExit:
+        raise
+    except SystemExit as exc:
+        if exc.code is None or isinstance(exc.code, int):
+            raise
+        message = str(exc.code)
+        message = message if message.startswith("smr ") else f"smr {name}: error: {message}"
+        print(message, file=sys.stderr)
+        status = EXIT_FAILURE if isinstance(exc.__context__, RuntimeError) else EXIT_USAGE
+        raise CommandExit(message, status) from None
+    except MemoryError:
+        if os.environ.get(DEBUG_ENV):
+            raise
+        print(f"smr {name}: error: out of memory; check the sizes and scales given on the command line",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_FAILURE
+    except Exception as exc:  # a bug or an unforeseen failure: one line, not a traceback
+        if os.environ.get(DEBUG_ENV):
+            raise
+        detail = str(exc).splitlines()[0] if str(exc) else ""
+        print(
+            f"smr {name}: error: {type(exc).__name__}: {detail} (unexpected; run again with "
+            f"{DEBUG_ENV}=1 for the traceback)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USAGE
+    return run_command(args)
 
 
 if __name__ == "__main__":

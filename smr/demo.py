@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -53,12 +54,20 @@ def _done(t0: float, what: str) -> None:
     print(f"   {what} ({time.perf_counter() - t0:.0f} s)", flush=True)
 
 
+class StepFailed(RuntimeError):
+    """A step of the demo (an ``smr`` sub-command) ended with a non-zero exit status."""
+
+
 def _smr(argv: list[str]) -> None:
     from smr.cli import main
 
-    code = main([str(a) for a in argv])
+    argv = [str(a) for a in argv]
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # the step printed its message (smr.cli.CommandExit)
+        code = exc.code if isinstance(exc.code, int) else 1
     if code:
-        raise SystemExit(f"smr demo: `smr {' '.join(map(str, argv))}` failed with exit code {code}")
+        raise StepFailed(f"`smr {' '.join(argv)}` failed with exit status {code} (its message is above)")
 
 
 def _reusable(out: Path, step: str, settings: dict, complete: bool) -> bool:
@@ -75,7 +84,37 @@ def _record(out: Path, step: str, settings: dict) -> None:
     (out / f".demo-{step}.json").write_text(json.dumps(settings, sort_keys=True))
 
 
+def _patches_complete(data: Path) -> bool:
+    """A finished ``smr synth`` output whose spec states its scale (older demos' did not)."""
+    from smr.core.lineages import SpecError, load_spec
+
+    try:
+        spec = load_spec(data / "lineages.toml")
+    except SpecError:
+        return False
+    return (data / "manifest.csv").is_file() and spec.microns_per_pixel is not None
+
+
+def _run_complete(run_dir: Path) -> bool:
+    """A finished run that recorded the scale of its input (older demos' runs did not)."""
+    from smr.train.rundir import CONFIG_FILE, is_complete
+
+    try:
+        scale = json.loads((run_dir / CONFIG_FILE).read_text()).get("scale") or {}
+    except (OSError, ValueError):
+        return False
+    return is_complete(run_dir) and scale.get("input_microns_per_pixel") is not None
+
+
 def run(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except StepFailed as exc:
+        print(f"smr demo: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     data, run_dir, repo, slide_dir, scored = (
@@ -90,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
     synth = {"cells": args.cells, "size": args.image_size, "seed": args.seed}
     training = {**synth, "epochs": args.epochs, "alpha": args.alpha, "warmup": args.warmup_epochs}
     t0 = _step(f"1/5 synthetic marrow: {args.cells} patches of {args.image_size} px -> {data}")
-    if args.fresh or not _reusable(out, "synth", synth, (data / "manifest.csv").is_file()):
+    if args.fresh or not _reusable(out, "synth", synth, _patches_complete(data)):
         _smr(["synth", data, "--n-cells", args.cells, "--size", args.image_size, "--seed", args.seed,
               "--overwrite"])
         _record(out, "synth", synth)
@@ -100,9 +139,7 @@ def run(args: argparse.Namespace) -> int:
         f"2/5 training SMR (linear/uniform/normal, alpha {args.alpha}, "
         f"{args.warmup_epochs} warm-up epochs) -> {run_dir}"
     )
-    from smr.train.rundir import is_complete
-
-    if args.fresh or not _reusable(out, "train", training, is_complete(run_dir)):
+    if args.fresh or not _reusable(out, "train", training, _run_complete(run_dir)):
         _smr(["train", data, "--out", run_dir, "--overwrite", "--image-size", args.image_size,
               "--epochs", args.epochs, "--loss", "normal", "--curve", "linear", "--targets", "uniform",
               "--alpha", args.alpha, "--smr-warmup-epochs", args.warmup_epochs, "--batch-size", 32,
@@ -124,12 +161,12 @@ def run(args: argparse.Namespace) -> int:
     t0 = _step("5/5 serving with a local Triton and scoring the slide over gRPC")
     from smr.serving.launcher import TritonProcess
 
-    synth_settings = json.loads((data / "synth.json").read_text())
-    mpp = synth_settings["mpp"]
+    # no --mpp: score-slide crops at the scale the model was trained at (the ensemble states it,
+    # from the data set's lineages.toml) and reads the slide's own resolution from the TIFF
     with TritonProcess(repo) as server:
         print(f"   tritonserver ready: gRPC {server.grpc_url}, metrics {server.metrics_url}")
         _smr(["score-slide", slide_dir / "slide.tiff", "--detections", slide_dir / "detections.csv",
-              "--url", server.grpc_url, "--out", scored, "--mpp", mpp, "--overwrite", "--no-progress"])
+              "--url", server.grpc_url, "--out", scored, "--overwrite", "--no-progress"])
     _done(t0, "slide scored")
 
     print("\n(the 'reference' columns above are the slide's ground truth)")

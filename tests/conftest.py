@@ -22,3 +22,15 @@ def pbc_dev() -> Path:
     if not (path / "lineages.toml").is_file():
         pytest.fail(f"development data not found at {path}; set SMR_SHARED_DATA to the shared/data folder")
     return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _image_cache(tmp_path_factory):
+    """Training's decoded-image cache goes to a temporary folder, not the user's ~/.cache."""
+    old = os.environ.get("SMR_CACHE_DIR")
+    os.environ["SMR_CACHE_DIR"] = str(tmp_path_factory.mktemp("image-cache"))
+    yield
+    if old is None:
+        os.environ.pop("SMR_CACHE_DIR", None)
+    else:
+        os.environ["SMR_CACHE_DIR"] = old

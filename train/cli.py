@@ -12,7 +12,18 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from .config import CURVES, DEVICES, LOSSES, MINERS, OPTIMIZERS, TARGETS, ConfigError, TrainConfig
+from .config import (
+    CURVES,
+    DEVICES,
+    LOSSES,
+    MINERS,
+    OPTIMIZERS,
+    PRECISIONS,
+    SCHEDULES,
+    TARGETS,
+    ConfigError,
+    TrainConfig,
+)
 
 __all__ = [
     "add_parsers",
@@ -87,6 +98,21 @@ _OPTIONS: list[tuple[str, str, dict[str, Any], str]] = [
     ("optimizer", "--optimizer", {"choices": OPTIMIZERS}, "optimiser"),
     ("lr", "--lr", {"type": float}, "learning rate"),
     ("weight_decay", "--weight-decay", {"type": float}, "weight decay"),
+    ("schedule", "--schedule", {"choices": SCHEDULES}, "learning-rate schedule after the warm-up"),
+    ("lr_warmup_epochs", "--lr-warmup-epochs", {"type": int}, "epochs of linear learning-rate warm-up"),
+    (
+        "min_lr_ratio",
+        "--min-lr-ratio",
+        {"type": float},
+        "final learning rate of the cosine, a fraction of --lr",
+    ),
+    (
+        "ema_decay",
+        "--ema-decay",
+        {"type": float},
+        "decay of the weights' moving average, evaluated and saved (0: off)",
+    ),
+    ("precision", "--precision", {"choices": PRECISIONS}, "bf16 autocast; auto: where the hardware has bf16"),
     ("batch_size", "--batch-size", {"type": int}, "images per batch (per process with DDP)"),
     ("samples_per_class", "--samples-per-class", {"type": int}, "images of each drawn class per batch"),
     ("epochs", "--epochs", {"type": int}, "maximum number of epochs"),
@@ -105,6 +131,10 @@ _OPTIONS: list[tuple[str, str, dict[str, Any], str]] = [
 _SWITCHES = [
     ("rotation", "--no-rotation", "no random rotation"),
     ("flips", "--no-flips", "no random flips"),
+]
+# (field, flag, help) of switches that turn an off-by-default option on
+_ON_SWITCHES = [
+    ("channels_last", "--channels-last", "NHWC (channels-last) tensors for the network"),
 ]
 
 
@@ -127,6 +157,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, exclude: Iterable[s
     for name, flag, text in _SWITCHES:
         if name not in skip:
             group.add_argument(flag, dest=name, action="store_false", default=argparse.SUPPRESS, help=text)
+    for name, flag, text in _ON_SWITCHES:
+        if name not in skip:
+            group.add_argument(flag, dest=name, action="store_true", default=argparse.SUPPRESS, help=text)
 
 
 def config_from_args(args: argparse.Namespace, **overrides: Any) -> TrainConfig:
@@ -142,7 +175,7 @@ def config_from_args(args: argparse.Namespace, **overrides: Any) -> TrainConfig:
         except (OSError, json.JSONDecodeError) as exc:
             raise SystemExit(f"smr train: error: cannot read --config {path}: {exc}") from None
         values.update(doc.get("config", doc) if isinstance(doc, dict) else {})
-    names = {name for name, *_ in _OPTIONS} | {name for name, *_ in _SWITCHES}
+    names = {name for name, *_ in _OPTIONS + _SWITCHES + _ON_SWITCHES}
     values.update({k: v for k, v in vars(args).items() if k in names})
     values.update(overrides)
     try:
@@ -158,6 +191,18 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", metavar="RUN", required=True, help="run directory to write")
     p.add_argument("--spec", metavar="FILE", default=None, help="lineage spec instead of DATA/lineages.toml")
     p.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty RUN")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run in RUN after its last complete epoch (same flags as before)",
+    )
+    p.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        default=None,
+        help="where decoded images are kept between runs (default: $SMR_CACHE_DIR or ~/.cache/smr/images)",
+    )
+    p.add_argument("--no-cache", action="store_true", help="decode the images into memory, keep no cache")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     add_config_arguments(p)

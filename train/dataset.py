@@ -1,81 +1,94 @@
 """Torch datasets, augmentation and the class-balanced batch sampler for SMR training.
 
 Images are read once with :func:`smr.data.folder.load_image`, resized to the network's input size
-(the whole patch, as serving sees it) and kept in memory as uint8 arrays; the per-item work is then
-only augmentation. Items are uint8 tensors (3, H, W); :func:`normalize` turns a batch into the
-network's float input on the training device, so that the same rule (``/255``, ImageNet mean/std)
-applies to training, evaluation and the exported graph.
-
-Augmentation (training only): rotation by any angle (cells have no orientation; the image is
-reflect-padded before rotating so that no artificial corners appear), a mild random resized crop
-and horizontal/vertical flips.
+(the whole patch, as serving sees it) and kept as uint8 arrays (:mod:`smr.train.cache` keeps them
+on disk between runs). Items are uint8 tensors (3, H, W); :class:`BatchAugment` augments a whole
+batch at once in the training process, and :func:`normalize` turns a batch into the network's
+float input on the training device, so that the same rule (``/255``, ImageNet mean/std) applies to
+training, evaluation and the exported graph.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import v2 as T
-from torchvision.transforms.v2 import functional as TF
 
 __all__ = [
     "CellImages",
-    "RandomRotation",
-    "train_transform",
+    "BatchAugment",
     "normalize",
     "ClassBalancedBatchSampler",
-    "load_images",
 ]
 
 
-def load_images(paths: Sequence[str | Path], size: int, *, progress: bool = False) -> list[np.ndarray]:
-    """Read and resize every image to (size, size, 3) uint8; errors name the file."""
-    from smr.data.folder import load_image
+class BatchAugment:
+    """Training augmentation of a whole uint8 batch in one resampling step.
 
-    items: Sequence[str | Path] = paths
-    if progress:
-        from tqdm import tqdm
+    Each image gets its own random rotation by any angle in [0, 360) (cells have no orientation),
+    a random resized crop (area fraction in ``crop_scale``, aspect ratio in [0.9, 1/0.9]) and, with
+    ``flips``, random horizontal and vertical flips. The three are composed into one affine map per
+    image and applied with a single bilinear ``grid_sample``; samples that fall outside the image
+    are mirrored back in (``padding_mode="reflection"``), so no empty corners appear.
 
-        items = tqdm(paths, desc="loading images", unit="img", leave=False)
-    return [load_image(p, size=size) for p in items]
-
-
-class RandomRotation(torch.nn.Module):
-    """Rotate by a uniform random angle in [0, 360) without introducing empty corners.
-
-    The image is reflect-padded by the amount a 45-degree rotation needs, rotated, and cropped
-    back to its size, so the corners show mirrored background instead of a fill colour.
+    Working on the batch in the training process keeps both cores on the network: the data loader
+    only gathers cached uint8 arrays. ``generator`` draws every random number, so a run (and a
+    resumed run, which restores its state) is repeatable.
     """
 
-    def forward(self, img: torch.Tensor) -> torch.Tensor:
-        h, w = img.shape[-2:]
-        pad = int(math.ceil(max(h, w) * (math.sqrt(2) - 1) / 2)) + 1
-        pad = min(pad, h - 1, w - 1)  # reflect padding must be smaller than the image
-        angle = float(torch.empty(()).uniform_(0.0, 360.0))
-        padded = TF.pad(img, [pad, pad, pad, pad], padding_mode="reflect")
-        rotated = TF.rotate(padded, angle, interpolation=InterpolationMode.BILINEAR)
-        return TF.center_crop(rotated, [h, w])
+    def __init__(
+        self,
+        *,
+        crop_scale: tuple[float, float] = (0.7, 1.0),
+        rotation: bool = True,
+        flips: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        self.crop_scale = (float(crop_scale[0]), float(crop_scale[1]))
+        self.rotation = rotation
+        self.flips = flips
+        self.generator = generator
 
+    def _uniform(self, n: int, lo: float, hi: float) -> torch.Tensor:
+        return torch.rand(n, generator=self.generator, dtype=torch.float64) * (hi - lo) + lo
 
-def train_transform(
-    image_size: int, *, crop_scale: tuple[float, float], rotation: bool, flips: bool
-) -> T.Compose:
-    """Training augmentation of a uint8 tensor (3, H, W) -> uint8 tensor (3, image_size, image_size)."""
-    steps: list[torch.nn.Module] = []
-    if rotation:
-        steps.append(RandomRotation())
-    steps.append(
-        T.RandomResizedCrop(image_size, scale=tuple(crop_scale), ratio=(0.9, 1.0 / 0.9), antialias=True)
-    )
-    if flips:
-        steps += [T.RandomHorizontalFlip(), T.RandomVerticalFlip()]
-    return T.Compose(steps)
+    def matrices(self, n: int) -> torch.Tensor:
+        """The (n, 2, 3) affine maps from output to input coordinates (``affine_grid``'s ``theta``)."""
+        area = self._uniform(n, *self.crop_scale)
+        log_ratio = self._uniform(n, math.log(0.9), -math.log(0.9))
+        w = torch.sqrt(area * torch.exp(log_ratio)).clamp(max=1.0)  # crop size, fraction of the side
+        h = torch.sqrt(area / torch.exp(log_ratio)).clamp(max=1.0)
+        cx = (torch.rand(n, generator=self.generator, dtype=torch.float64) * 2 - 1) * (1 - w)
+        cy = (torch.rand(n, generator=self.generator, dtype=torch.float64) * 2 - 1) * (1 - h)
+        angle = self._uniform(n, 0.0, 2 * math.pi) if self.rotation else torch.zeros(n, dtype=torch.float64)
+        if self.flips:
+            fx = torch.randint(0, 2, (n,), generator=self.generator).double() * 2 - 1
+            fy = torch.randint(0, 2, (n,), generator=self.generator).double() * 2 - 1
+        else:
+            fx = fy = torch.ones(n, dtype=torch.float64)
+        cos, sin = torch.cos(angle), torch.sin(angle)
+        theta = torch.zeros(n, 2, 3, dtype=torch.float64)
+        theta[:, 0, 0] = cos * w * fx
+        theta[:, 0, 1] = -sin * h * fy
+        theta[:, 1, 0] = sin * w * fx
+        theta[:, 1, 1] = cos * h * fy
+        theta[:, 0, 2] = cx
+        theta[:, 1, 2] = cy
+        return theta
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, 3, H, W) -> augmented uint8 (N, 3, H, W)."""
+        if batch.dtype != torch.uint8 or batch.ndim != 4 or batch.shape[1] != 3:
+            raise ValueError(f"expected a uint8 batch (N, 3, H, W), got {batch.dtype} {tuple(batch.shape)}")
+        x = batch.float()
+        theta = self.matrices(x.shape[0]).to(x.dtype)
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        out = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+        return out.round_().clamp_(0, 255).to(torch.uint8)
 
 
 def normalize(

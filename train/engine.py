@@ -36,20 +36,22 @@ import torch
 import torch.distributed as dist
 from sklearn.metrics import accuracy_score, f1_score
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from smr.core.curves import fit_curve
-from smr.core.curves_json import LineageCurve
+from smr.core.curves_json import LineageCurve, curves_from_json, curves_to_json
 from smr.core.lineages import LineageSpec
 from smr.core.targets import make_targets, stage_boundaries
 
 from . import rundir
 from .classifier import EmbeddingSVM
 from .config import TrainConfig
-from .dataset import CellImages, ClassBalancedBatchSampler, load_images, normalize, train_transform
+from .dataset import BatchAugment, CellImages, ClassBalancedBatchSampler, normalize
 from .losses import TERM_NAMES, SMRCriterion, build_criterion
 from .model import smr_net
+from .recipe import build_scheduler, cpu_features, ema_model, resolve_precision
 
 __all__ = [
     "DistEnv",
@@ -236,21 +238,44 @@ def train_one_epoch(
     epoch: int,
     env: DistEnv = DistEnv(),
     progress: bool = False,
+    augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    ema: AveragedModel | None = None,
+    precision: str = "fp32",
 ) -> dict[str, float]:
-    """One pass over the class-balanced batches; returns the sample-weighted mean of every term."""
+    """One pass over the class-balanced batches.
+
+    Per batch: ``augment`` (uint8), normalise, forward (bf16 autocast with ``precision="bf16"``),
+    loss, backward, optimiser step, ``scheduler`` step and ``ema`` update. Returns the
+    sample-weighted mean of every loss term, plus ``data_seconds`` (loading, augmentation,
+    normalisation) and ``step_seconds`` (forward, backward, optimiser, EMA) of this process.
+    """
     model.train()
     criterion.train()
     sums: dict[str, float] = {}
     seen = 0
+    data_seconds = step_seconds = 0.0
     bar = tqdm(
         loader, desc=f"epoch {epoch}", unit="batch", leave=False, disable=not (progress and env.is_main)
     )
     crit_params = [p for p in criterion.parameters() if p.requires_grad]
-    for images, labels, _ in bar:
+    batches = iter(bar)
+    while True:
+        t0 = time.perf_counter()
+        try:
+            images, labels, _ = next(batches)
+        except StopIteration:
+            break
+        if augment is not None:
+            images = augment(images)
         x = normalize(images, config.mean, config.std, device)
+        if config.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         y = labels.to(device)
-        embeddings = model(x)
-        total, terms = criterion(embeddings, y)
+        t1 = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            embeddings = model(x)
+        total, terms = criterion(embeddings.float(), y)
         if not torch.isfinite(total):
             raise TrainError(f"epoch {epoch}: the loss became {float(total)}; lower --lr")
         optimizer.zero_grad(set_to_none=True)
@@ -262,6 +287,13 @@ def train_one_epoch(
                 dist.all_reduce(p.grad)
                 p.grad /= env.world_size
         optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        if ema is not None:
+            ema.update_parameters(getattr(model, "module", model))
+        t2 = time.perf_counter()
+        data_seconds += t1 - t0
+        step_seconds += t2 - t1
         n = int(y.shape[0])
         seen += n
         for k, v in terms.items():
@@ -271,7 +303,10 @@ def train_one_epoch(
     stats = torch.tensor([seen] + [sums[k] for k in names], dtype=torch.float64)
     if env.distributed:
         dist.all_reduce(stats)
-    return {k: float(stats[i + 1] / stats[0]) for i, k in enumerate(names)}
+    out = {k: float(stats[i + 1] / stats[0]) for i, k in enumerate(names)}
+    out["data_seconds"] = round(data_seconds, 3)
+    out["step_seconds"] = round(step_seconds, 3)
+    return out
 
 
 def evaluate(
@@ -299,7 +334,7 @@ def evaluate(
 
 
 # ----------------------------------------------------------------------------------------------
-# a whole run
+# what a run reports
 
 
 @dataclass
@@ -324,6 +359,8 @@ class TrainResult:
     stopped_early: bool
     seconds: float
     val_spearman: dict[str, float | None] = field(default_factory=dict)
+    precision: str = "fp32"  # what autocast used ("auto" resolved on this machine)
+    cpu_flags: list[str] = field(default_factory=list)  # the CPU's speed-relevant flags
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -333,6 +370,8 @@ class TrainResult:
             "stopped_early": self.stopped_early,
             "seconds": round(self.seconds, 2),
             "val_spearman": self.val_spearman,
+            "precision": self.precision,
+            "cpu_flags": self.cpu_flags,
         }
 
 
@@ -387,41 +426,11 @@ def _format_line(epoch: int, config: TrainConfig, m: dict[str, Any], best: tuple
     )
 
 
-def train(
-    data: str | os.PathLike | Any,
-    out: str | os.PathLike,
-    config: TrainConfig,
-    *,
-    spec: LineageSpec | str | os.PathLike | None = None,
-    overwrite: bool = False,
-    progress: bool = True,
-    on_epoch_end: Callable[[EpochState], None] | None = None,
-) -> TrainResult | None:
-    """Train one SMR model into the run directory ``out``.
-
-    Args:
-        data: a folder data set (path) or an already scanned ``FolderDataset``.
-        spec: lineage spec instead of ``DATA/lineages.toml``.
-        overwrite: replace the run files of a non-empty ``out``.
-        on_epoch_end: called on rank 0 after every epoch with an :class:`EpochState`.
-
-    Returns the :class:`TrainResult` on rank 0 (``None`` on other ranks). Raises
-    :class:`TrainError` for data or settings that cannot be trained on.
-    """
+def _scan(data: Any, spec: Any, progress: bool, env: DistEnv) -> Any:
+    """The folder data set (scanned unless given), its problems reported; every class needs images."""
     from smr.core.lineages import SpecError
     from smr.data.folder import DatasetError, FolderDataset
 
-    from .evaluate import maturity_correlation
-
-    config = config.validate()
-    started = time.perf_counter()
-    device = select_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
-    env = init_distributed(device)
-    if env.distributed and device.type == "cuda":
-        device = torch.device("cuda", env.local_rank)
-        torch.cuda.set_device(device)
-
-    # -- data --------------------------------------------------------------------------------
     if isinstance(data, FolderDataset):
         dataset = data
     else:
@@ -429,35 +438,54 @@ def train(
             dataset = FolderDataset.scan(data, spec, progress=progress and env.is_main)
         except (DatasetError, SpecError) as exc:
             raise TrainError(str(exc)) from None
-    spec = dataset.spec
-    classes = list(spec.classes)
     if dataset.problems:
         shown = "\n  ".join(dataset.problems[:5])
         more = f"\n  ... and {len(dataset.problems) - 5} more" if len(dataset.problems) > 5 else ""
         _say(env, f"warning: {len(dataset.problems)} problem(s) in {dataset.root}:\n  {shown}{more}")
+    classes = list(dataset.spec.classes)
     empty = [c for c, n in zip(classes, dataset.counts, strict=True) if n == 0]
     if empty:
         raise TrainError(
             f"{dataset.root}: classes without images: {empty}; every class of the spec needs images"
         )
-    labels = dataset.labels
-    train_idx, val_idx = _split(labels, config, classes)
-    y_train, y_val = labels[train_idx], labels[val_idx]
-    maturities = dataset.maturities
+    return dataset
 
-    out = Path(out)
+
+def _start_run_dir(
+    out: Path,
+    config: TrainConfig,
+    dataset: Any,
+    split: tuple[np.ndarray, np.ndarray],
+    *,
+    overwrite: bool,
+    resume: bool,
+    env: DistEnv,
+) -> dict[str, Any] | None:
+    """Prepare ``out`` (rank 0): a new run writes config and split; ``resume`` reads the checkpoint.
+
+    Every process stops with the same error when rank 0 cannot. Returns the checkpoint (resume).
+    """
     problem: list[str | None] = [None]
+    checkpoint: dict[str, Any] | None = None
     if env.is_main:
         try:
-            _prepare_out_dir(out, overwrite)
+            if resume:
+                checkpoint = _load_checkpoint(out, config)
+            else:
+                _prepare_out_dir(out, overwrite)
         except TrainError as exc:
             problem = [str(exc)]
-    if env.distributed:  # every process stops when rank 0 cannot write the run
+    if env.distributed:
         dist.broadcast_object_list(problem, src=0)
     if problem[0] is not None:
         raise TrainError(problem[0])
-    if env.is_main:
-        rundir.write_config(out, config, spec)
+    if env.distributed:
+        shared = [checkpoint]
+        dist.broadcast_object_list(shared, src=0)
+        checkpoint = shared[0]
+    if env.is_main and not resume:
+        train_idx, val_idx = split
+        rundir.write_config(out, config, dataset.spec, dataset)
         rel = [p.relative_to(dataset.root).as_posix() for p in dataset.paths]
         rundir.write_split(
             out,
@@ -468,16 +496,11 @@ def train(
             folds=config.folds,
             data=str(Path(dataset.root).resolve()),
         )
-    images = load_images(dataset.paths, config.image_size, progress=progress and env.is_main)
-    train_images = [images[i] for i in train_idx]
-    val_images = [images[i] for i in val_idx]
+    return checkpoint
 
-    # -- model, loss, optimiser --------------------------------------------------------------
+
+def _build_model(config: TrainConfig, device: torch.device) -> tuple[nn.Module, SMRCriterion]:
     seed_everything(config.seed)
-    if config.weights is None:
-        _say(
-            env, "backbone: random initialisation (no --weights given; the paper fine-tunes ImageNet weights)"
-        )
     try:
         model = smr_net(embedding_dim=config.embedding_dim, dropout=config.dropout, weights=config.weights)
     except (OSError, ValueError, RuntimeError) as exc:
@@ -486,6 +509,8 @@ def train(
             "file (torchvision's densenet121-a639ec97.pth works) or leave out --weights for random init"
         ) from None
     model.to(device)
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
     criterion = build_criterion(
         config.loss,
         alpha=config.alpha,
@@ -495,6 +520,129 @@ def train(
         perplexity=config.tsne_perplexity,
         tsne_hidden=tuple(config.tsne_hidden),
     ).to(device)
+    return model, criterion
+
+
+# ----------------------------------------------------------------------------------------------
+# checkpoints
+
+
+def _save_checkpoint(out: Path, state: dict[str, Any]) -> None:
+    """Write ``checkpoint.pt`` atomically (torch's zip format; tensors, numbers, strings, lists)."""
+    import io
+
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    rundir.write_bytes(out / rundir.CHECKPOINT_FILE, buf.getvalue())
+
+
+def _load_checkpoint(out: Path, config: TrainConfig) -> dict[str, Any]:
+    path = out / rundir.CHECKPOINT_FILE
+    if not path.is_file():
+        raise TrainError(f"--resume: {out} has no {rundir.CHECKPOINT_FILE}; start the run without --resume")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # any unreadable file gets the same message
+        raise TrainError(
+            f"--resume: {path} is unreadable ({exc}); start the run again without --resume"
+        ) from None
+    saved = state.get("config", {})
+    now = config.to_dict()
+    differ = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    if differ:
+        shown = ", ".join(f"{k}={saved.get(k)!r} (now {now.get(k)!r})" for k in differ)
+        raise TrainError(f"--resume: the run was started with other settings: {shown}; pass the same flags")
+    return state
+
+
+def _rng_state(augment_generator: torch.Generator) -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "augment": augment_generator.get_state(),
+        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+        "python": list(random.getstate()[1]) + [random.getstate()[0], random.getstate()[2]],
+    }
+
+
+def _restore_rng(state: dict[str, Any], augment_generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    augment_generator.set_state(state["augment"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
+    py = state["python"]
+    random.setstate((py[-2], tuple(py[:-2]), py[-1]))
+
+
+# ----------------------------------------------------------------------------------------------
+# a whole run
+
+
+def train(
+    data: str | os.PathLike | Any,
+    out: str | os.PathLike,
+    config: TrainConfig,
+    *,
+    spec: LineageSpec | str | os.PathLike | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    cache_dir: str | os.PathLike | None = None,
+    cache: bool = True,
+    progress: bool = True,
+    on_epoch_end: Callable[[EpochState], None] | None = None,
+) -> TrainResult | None:
+    """Train one SMR model into the run directory ``out``.
+
+    Args:
+        data: a folder data set (path) or an already scanned ``FolderDataset``.
+        spec: lineage spec instead of ``DATA/lineages.toml``.
+        overwrite: replace the run files of a non-empty ``out``.
+        resume: continue the run in ``out`` after its last complete epoch (``checkpoint.pt``);
+            ``config`` must equal the run's. The result equals an uninterrupted run's.
+        cache_dir, cache: where decoded images are kept (:mod:`smr.train.cache`), or no cache.
+        on_epoch_end: called on rank 0 after every epoch with an :class:`EpochState`.
+
+    Returns the :class:`TrainResult` on rank 0 (``None`` on other ranks). Raises
+    :class:`TrainError` for data or settings that cannot be trained on.
+    """
+    from .cache import cached_images, decode_images
+    from .evaluate import maturity_correlation
+
+    config = config.validate()
+    started = time.perf_counter()
+    device = select_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
+    env = init_distributed(device)
+    if env.distributed and device.type == "cuda":
+        device = torch.device("cuda", env.local_rank)
+        torch.cuda.set_device(device)
+    precision = resolve_precision(config.precision, device)
+    hardware = cpu_features()
+    _say(env, f"precision: {precision} (CPU: {hardware['model']}; flags {' '.join(hardware['flags'])})")
+
+    # -- data --------------------------------------------------------------------------------
+    dataset = _scan(data, spec, progress, env)
+    spec = dataset.spec
+    classes = list(spec.classes)
+    labels = dataset.labels
+    train_idx, val_idx = _split(labels, config, classes)
+    y_train, y_val = labels[train_idx], labels[val_idx]
+    maturities = dataset.maturities
+    out = Path(out)
+    checkpoint = _start_run_dir(
+        out, config, dataset, (train_idx, val_idx), overwrite=overwrite, resume=resume, env=env
+    )
+    show = progress and env.is_main
+    if cache:
+        images = cached_images(dataset.paths, config.image_size, cache_dir=cache_dir, progress=show)
+    else:
+        images = decode_images(dataset.paths, config.image_size, progress=show)
+    train_images = np.ascontiguousarray(images[train_idx])
+    val_images = np.ascontiguousarray(images[val_idx])
+
+    # -- model, loss, optimiser, schedule, EMA -----------------------------------------------
+    if config.weights is None:
+        _say(env, "backbone: random initialisation (no --weights given)")
+    model, criterion = _build_model(config, device)
     train_model: nn.Module = model
     if env.distributed:
         train_model = nn.parallel.DistributedDataParallel(
@@ -509,18 +657,31 @@ def train(
         num_replicas=env.world_size,
         rank=env.rank,
     )
-    transform = train_transform(
-        config.image_size, crop_scale=config.crop_scale, rotation=config.rotation, flips=config.flips
+    scheduler = build_scheduler(
+        optimizer,
+        config.schedule,
+        warmup_steps=config.lr_warmup_epochs * len(sampler),
+        total_steps=config.epochs * len(sampler),
+        min_ratio=config.min_lr_ratio,
+    )
+    ema = ema_model(model, config.ema_decay) if config.ema_decay > 0 else None
+    eval_net: nn.Module = ema.module if ema is not None else model
+    # augmentation and dropout draw from their own seeded streams, one per process
+    augment_generator = torch.Generator().manual_seed(config.seed * 1000 + env.rank + 1)
+    augment = BatchAugment(
+        crop_scale=config.crop_scale,
+        rotation=config.rotation,
+        flips=config.flips,
+        generator=augment_generator,
     )
     loader_generator = torch.Generator()
     loader = DataLoader(
-        CellImages(train_images, y_train, transform),
+        CellImages(train_images, y_train),
         batch_sampler=sampler,
         num_workers=config.workers,
         generator=loader_generator,
         persistent_workers=False,
     )
-    # augmentation and dropout draw from torch's global RNG: give each process its own stream
     torch.manual_seed(config.seed * 1000 + env.rank + 1)
 
     embed = {
@@ -551,30 +712,50 @@ def train(
             low, y_train, spec, curve=config.curve, targets=config.targets, fixed_length=length
         )
 
-    # -- initial curves ----------------------------------------------------------------------
-    train_emb = compute_embeddings(model, train_images, desc="initial embeddings", **embed)
-    if criterion.curve_space == "tsne":
-        from .tsne import fit_parametric_tsne
-
-        fit_parametric_tsne(
-            criterion.tsne,
-            torch.from_numpy(train_emb).to(device),
-            perplexity=config.tsne_perplexity,
-            epochs=config.tsne_warmup_epochs,
-            batch_size=config.batch_size,
-            lr=config.tsne_lr,
-            generator=torch.Generator().manual_seed(config.seed),
-            progress=progress and env.is_main,
-        )
-    _, loss_curves = refit(train_emb)
-
-    # -- epochs ------------------------------------------------------------------------------
+    # -- initial curves, or the state of a resumed run ----------------------------------------
     metrics = rundir.MetricsWriter(out) if env.is_main else None
     best_f1, best_epoch, since_best = -math.inf, 0, 0
     best_spearman: dict[str, float | None] = {}
-    stopped_early = False
-    epoch = 0
-    for epoch in range(1, config.epochs + 1):
+    first_epoch = 1
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        criterion.load_state_dict(checkpoint["criterion"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        if ema is not None:
+            ema.load_state_dict(checkpoint["ema"])
+        _restore_rng(checkpoint["rng"], augment_generator)
+        loss_curves = curves_from_json(checkpoint["loss_curves"]) if checkpoint["loss_curves"] else None
+        best = checkpoint["best"]
+        best_f1, best_epoch, since_best = best["f1"], best["epoch"], best["since_best"]
+        best_spearman = best["spearman"]
+        first_epoch = checkpoint["epoch"] + 1
+        if metrics is not None:
+            metrics.restore(checkpoint["metrics"])
+        _say(env, f"resuming {out} after epoch {checkpoint['epoch']} (best {best_f1:.4f} @{best_epoch})")
+    else:
+        train_emb = compute_embeddings(eval_net, train_images, desc="initial embeddings", **embed)
+        if criterion.curve_space == "tsne":
+            from .tsne import fit_parametric_tsne
+
+            fit_parametric_tsne(
+                criterion.tsne,
+                torch.from_numpy(train_emb).to(device),
+                perplexity=config.tsne_perplexity,
+                epochs=config.tsne_warmup_epochs,
+                batch_size=config.batch_size,
+                lr=config.tsne_lr,
+                generator=torch.Generator().manual_seed(config.seed),
+                progress=progress and env.is_main,
+            )
+        _, loss_curves = refit(train_emb)
+
+    # -- epochs ------------------------------------------------------------------------------
+    stopped_early = since_best >= config.patience
+    epoch = first_epoch - 1
+    for epoch in range(first_epoch, config.epochs + 1):
+        if stopped_early:
+            break
         t0 = time.perf_counter()
         if loss_curves is not None:
             criterion.set_curves(loss_curves, spec)
@@ -591,10 +772,15 @@ def train(
             epoch=epoch,
             env=env,
             progress=progress,
+            augment=augment,
+            scheduler=scheduler,
+            ema=ema,
+            precision=precision,
         )
         train_seconds = time.perf_counter() - t0
-        train_emb = compute_embeddings(model, train_images, desc="train embeddings", **embed)
-        val_emb = compute_embeddings(model, val_images, desc="val embeddings", **embed)
+        # the (averaged) network that is evaluated and saved also places the loss's curves
+        train_emb = compute_embeddings(eval_net, train_images, desc="train embeddings", **embed)
+        val_emb = compute_embeddings(eval_net, val_images, desc="val embeddings", **embed)
         curves, loss_curves = refit(train_emb)
 
         decision: list[Any] = [None]
@@ -605,7 +791,7 @@ def train(
             improved = scores["val_macro_f1"] > best_f1
             if improved:
                 best_f1, best_epoch, since_best = scores["val_macro_f1"], epoch, 0
-                rundir.save_model(out, model)
+                rundir.save_model(out, eval_net)
                 rundir.write_curves(
                     out,
                     curves,
@@ -619,12 +805,36 @@ def train(
                 "epoch": epoch,
                 **losses,
                 **scores,
+                "lr": optimizer.param_groups[0]["lr"],
                 "best_val_macro_f1": best_f1,
                 "best_epoch": best_epoch,
                 "train_seconds": round(train_seconds, 3),
                 "seconds": round(time.perf_counter() - t0, 3),
             }
             metrics.append(row)
+            _save_checkpoint(
+                out,
+                {
+                    "epoch": epoch,
+                    "config": config.to_dict(),
+                    "model": model.state_dict(),
+                    "ema": ema.state_dict() if ema is not None else None,
+                    "criterion": criterion.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "loss_curves": curves_to_json(loss_curves, space=criterion.curve_space)
+                    if loss_curves is not None
+                    else None,
+                    "best": {
+                        "f1": best_f1,
+                        "epoch": best_epoch,
+                        "since_best": since_best,
+                        "spearman": best_spearman,
+                    },
+                    "metrics": metrics.rows,
+                    "rng": _rng_state(augment_generator),
+                },
+            )
             _say(env, _format_line(epoch, config, row, (best_f1, best_epoch)))
             if on_epoch_end is not None:
                 on_epoch_end(EpochState(epoch, row, curves, loss_curves, train_emb, val_emb, improved))
@@ -639,7 +849,15 @@ def train(
     if not env.is_main:
         return None
     result = TrainResult(
-        out, best_epoch, best_f1, epoch, stopped_early, time.perf_counter() - started, best_spearman
+        out,
+        best_epoch,
+        best_f1,
+        epoch,
+        stopped_early,
+        time.perf_counter() - started,
+        best_spearman,
+        precision=precision,
+        cpu_flags=list(hardware["flags"]),
     )
     rundir.write_result(out, result.to_dict())
     _say(env, f"best val macro-F1 {best_f1:.4f} at epoch {best_epoch}; run written to {out}")
@@ -664,6 +882,9 @@ def main(args: argparse.Namespace) -> int:
             config,
             spec=args.spec,
             overwrite=args.overwrite,
+            resume=args.resume,
+            cache_dir=args.cache_dir,
+            cache=not args.no_cache,
             progress=not args.no_progress and sys.stderr.isatty(),
         )
     except TrainError as exc:

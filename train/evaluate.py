@@ -140,12 +140,12 @@ def evaluate_run(run: Any, dataset: Any, *, batch_size: int = 64, progress: bool
 
     from smr.core.svm import RbfSvm
 
-    from .dataset import load_images
+    from .cache import cached_images
     from .engine import compute_embeddings
 
     classes = list(run.spec.classes)
     config = run.config
-    images = load_images(dataset.paths, config.image_size, progress=progress)
+    images = cached_images(dataset.paths, config.image_size, progress=progress)
     emb = compute_embeddings(
         run.model,
         images,

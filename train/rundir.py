@@ -4,6 +4,7 @@
 RUN/
   config.json          {"config": TrainConfig, "spec": LineageSpec.to_dict(), "classes": [...],
                         "image_size", "mean", "std", "embedding_dim", "backbone", "smr_version",
+                        "data": {"name", "images"}, "scale": {...} (see model_scale),
                         "result": {...}  (added when training finished)}
   model.safetensors    state_dict of the best epoch's SMRNet (no pickle)
   curves.json          smr.core curves document, fitted in the embedding space on the training split
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
@@ -53,11 +55,13 @@ __all__ = [
     "Run",
     "write_json",
     "write_config",
+    "model_scale",
     "write_result",
     "read_config",
     "save_model",
     "write_curves",
     "write_svm",
+    "write_bytes",
     "write_split",
     "read_split",
     "MetricsWriter",
@@ -89,6 +93,11 @@ class RunDirError(ValueError):
 # writing
 
 
+def write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (a temporary file in the same folder, then rename)."""
+    _atomic_write_bytes(Path(path), data)
+
+
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -118,8 +127,36 @@ def _read_json(path: Path) -> Any:
         raise RunDirError(f"{path}: not valid JSON ({exc})") from exc
 
 
-def write_config(run_dir: str | Path, config: TrainConfig, spec: LineageSpec) -> dict[str, Any]:
-    """Write ``config.json`` (hyper-parameters, lineage spec, class order, preprocessing)."""
+def model_scale(
+    microns_per_pixel: float | None, image_px: tuple[float, float] | None, image_size: int
+) -> dict[str, Any]:
+    """The physical scale a model learns at: ``config.json``'s ``"scale"``.
+
+    Training resizes every image whole to ``image_size`` x ``image_size``, so a model sees the
+    data set's field of view (its median image, ``image_px`` = (height, width) pixels at
+    ``microns_per_pixel``) at ``field of view / image_size`` micrometres per input pixel. For
+    images that are not square the input pixel is the geometric mean of its two sides. Values are
+    ``None`` where the data set's scale (``[imaging] microns_per_pixel``) or its images are unknown.
+    """
+    known = microns_per_pixel is not None and image_px is not None
+    fov = [image_px[0] * microns_per_pixel, image_px[1] * microns_per_pixel] if known else None
+    return {
+        "data_microns_per_pixel": microns_per_pixel,
+        "data_image_px": None if image_px is None else [float(image_px[0]), float(image_px[1])],
+        "field_of_view_um": fov,
+        "input_microns_per_pixel": math.sqrt(fov[0] * fov[1]) / image_size if fov else None,
+    }
+
+
+def write_config(
+    run_dir: str | Path, config: TrainConfig, spec: LineageSpec, dataset: Any = None
+) -> dict[str, Any]:
+    """Write ``config.json`` (hyper-parameters, lineage spec, class order, preprocessing, scale).
+
+    ``dataset``: the ``FolderDataset`` trained on; its name, size and median image size go into
+    ``"data"`` and ``"scale"`` (with the spec's ``microns_per_pixel``), unknown without it.
+    """
+    image_px = dataset.median_image_size() if dataset is not None else None
     doc = {
         "config": config.to_dict(),
         "spec": spec.to_dict(),
@@ -130,6 +167,8 @@ def write_config(run_dir: str | Path, config: TrainConfig, spec: LineageSpec) ->
         "embedding_dim": config.embedding_dim,
         "backbone": BACKBONE,
         "smr_version": __version__,
+        "data": None if dataset is None else {"name": dataset.name, "images": len(dataset)},
+        "scale": model_scale(spec.microns_per_pixel, image_px, config.image_size),
     }
     write_json(Path(run_dir) / CONFIG_FILE, doc)
     return doc
@@ -226,6 +265,12 @@ class MetricsWriter:
         self.path = Path(run_dir) / METRICS_FILE
         self.fieldnames: list[str] | None = None
         self.rows: list[dict[str, Any]] = []
+
+    def restore(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Start from the rows of an interrupted run (``smr train --resume``) and rewrite the file."""
+        self.fieldnames, self.rows = None, []
+        for row in rows:
+            self.append(row)
 
     def append(self, row: Mapping[str, Any]) -> None:
         if self.fieldnames is None:

@@ -16,11 +16,17 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import numpy as np
 import onnxruntime as ort
-import smr_triton_io as triton_io
 import triton_python_backend_utils as pb_utils
+
+# no byte code beside the vendored module: serving leaves the repository as exported
+_WRITE_BYTECODE, sys.dont_write_bytecode = sys.dont_write_bytecode, True
+import smr_triton_io as triton_io  # noqa: E402
+
+sys.dont_write_bytecode = _WRITE_BYTECODE
 
 INPUT = "IMAGE"
 OUTPUT = "EMBEDDING"
@@ -33,6 +39,7 @@ class TritonPythonModel:
         triton_io.silence_dlpack_capsule_noise()
         config = json.loads(args["model_config"])
         self.model_name = args.get("model_name", "smr_backbone")
+        triton_io.verify_repository(args, config, self.model_name)  # before anything is loaded
         version_dir = os.path.join(args["model_repository"], str(args.get("model_version", "1")))
         inputs = {t["name"]: t for t in config.get("input", [])}
         outputs = {t["name"]: t for t in config.get("output", [])}

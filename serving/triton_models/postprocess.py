@@ -24,21 +24,27 @@ Custom Prometheus metrics (python backend ``MetricFamily``):
 - ``smr_postprocess_seconds{model=...}`` (histogram): time of one ``execute`` (one batch).
 
 A zero embedding, which the backbone never produces (it L2-normalises), is what the model's
-warm-up sends; such rows are answered but left out of the metrics.
+warm-up sends; such rows are answered but left out of the metrics, and so are the rows of requests
+with the parameter ``smr_probe`` (the probe inferences of ``smr serve``'s supervisor).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 
 import numpy as np
-import smr_triton_io as triton_io
 import triton_python_backend_utils as pb_utils
-from smr_core.curves_json import curves_from_json, project_all
-from smr_core.svm import RbfSvm
-from smr_manifest import ManifestError, verify_manifest
+
+# no byte code beside the vendored modules: serving leaves the repository as exported
+_WRITE_BYTECODE, sys.dont_write_bytecode = sys.dont_write_bytecode, True
+import smr_triton_io as triton_io  # noqa: E402
+from smr_core.curves_json import curves_from_json, project_all  # noqa: E402
+from smr_core.svm import RbfSvm  # noqa: E402
+
+sys.dont_write_bytecode = _WRITE_BYTECODE
 
 INPUT = "EMBEDDING"
 OUTPUTS = {  # name -> (Triton data type, numpy dtype)
@@ -64,14 +70,7 @@ class TritonPythonModel:
         self.model_name = args.get("model_name", "smr_postprocess")
         model_dir = args["model_repository"]
         version_dir = os.path.join(model_dir, str(args.get("model_version", "1")))
-
-        manifest_path = os.path.normpath(
-            os.path.join(model_dir, triton_io.config_parameter(config, "manifest_file", "../MANIFEST.json"))
-        )
-        try:
-            verify_manifest(os.path.dirname(manifest_path))
-        except ManifestError as exc:
-            raise ValueError(f"{self.model_name}: refusing to load: {exc}") from None
+        triton_io.verify_repository(args, config, self.model_name)
 
         curves_path = os.path.join(
             version_dir, triton_io.config_parameter(config, "curves_file", "curves.json")
@@ -174,6 +173,7 @@ class TritonPythonModel:
         x = triton_io.input_array(request, INPUT, "FP32", (self.embedding_dim,))
         if not np.all(np.isfinite(x)):
             raise triton_io.BadRequest(f"input tensor {INPUT}: contains NaN or infinite values")
+        self._probe_rows.append(np.full(len(x), triton_io.is_probe(request)))
         return x
 
     def compute(self, X: np.ndarray) -> dict[str, np.ndarray]:
@@ -192,6 +192,7 @@ class TritonPythonModel:
 
     def execute(self, requests):
         start = time.perf_counter()
+        self._probe_rows = []  # per readable request: are its rows a supervisor's probe?
         responses, X, outputs = triton_io.batched_responses(
             requests, self._embedding, self.compute, self.model_name
         )
@@ -205,6 +206,8 @@ class TritonPythonModel:
         if self._counts is None:
             return
         cells = np.any(X != 0, axis=1)  # zero rows are the warm-up
+        if self._probe_rows:  # probe inferences of `smr serve` are not cells either
+            cells &= ~np.concatenate(self._probe_rows)
         class_id = outputs["CLASS_ID"][cells, 0]
         for c, n in zip(*np.unique(class_id, return_counts=True), strict=True):
             self._counts[int(c)].increment(float(n))

@@ -8,6 +8,9 @@ only, so it runs on a stock Triton image where the ``smr`` package is not instal
 
 from __future__ import annotations
 
+import importlib.util
+import json
+import os
 import sys
 from collections.abc import Callable
 
@@ -19,7 +22,9 @@ __all__ = [
     "BadRequest",
     "batched_responses",
     "config_parameter",
+    "verify_repository",
     "input_array",
+    "is_probe",
     "output_tensor",
     "silence_dlpack_capsule_noise",
     "triton_error",
@@ -75,6 +80,17 @@ def input_array(request, name: str, data_type: str, dims: tuple[int, ...]) -> np
             f"input tensor {name}: expected shape [batch, {', '.join(map(str, dims))}], got {list(x.shape)}"
         )
     return x
+
+
+def is_probe(request) -> bool:
+    """True for a request with the parameter ``smr_probe`` (``smr serve``'s probe inferences)."""
+    parameters = getattr(request, "parameters", None)
+    if parameters is None:
+        return False
+    try:
+        return bool(json.loads(parameters() or "{}").get("smr_probe", False))
+    except (TypeError, ValueError):
+        return False
 
 
 def output_tensor(name: str, array: np.ndarray):
@@ -159,3 +175,80 @@ def silence_dlpack_capsule_noise() -> None:
 
     hook.drops_dlpack_capsule_noise = True
     sys.unraisablehook = hook
+
+
+# --------------------------------------------------------------------------------------------
+# The repository check every python model runs in ``initialize``
+
+MANIFEST_MODULE = "smr_manifest"  # export/manifest.py, copied beside smr_postprocess's model.py
+_MANIFEST_HOME = os.path.join("smr_postprocess", "1", MANIFEST_MODULE + ".py")
+
+
+def _manifest_module(repo: str):
+    """The manifest checker: beside this model (``import smr_manifest``), else the repository's copy
+    beside ``smr_postprocess`` (itself one of the files it checks). No byte code is written."""
+    write_bytecode, sys.dont_write_bytecode = sys.dont_write_bytecode, True
+    try:
+        try:
+            import smr_manifest
+
+            return smr_manifest
+        except ImportError:
+            pass
+        path = os.path.join(repo, _MANIFEST_HOME)
+        if not os.path.isfile(path):
+            raise ValueError(f"{path}: missing; the repository is not an SMR export")
+        spec = importlib.util.spec_from_file_location(MANIFEST_MODULE, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.dont_write_bytecode = write_bytecode
+
+
+def _server_started() -> float | None:
+    """When this process's parent (the tritonserver that started the stub) started, or None."""
+    try:
+        with open(f"/proc/{os.getppid()}/stat", encoding="ascii") as fh:
+            ticks = int(fh.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/stat", encoding="ascii") as fh:
+            boot = next(int(line.split()[1]) for line in fh if line.startswith("btime "))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def _remove_own_bytecode(version_dir: str) -> None:
+    """Remove the ``__pycache__/model.*.pyc`` that importing this model.py just wrote.
+
+    A python backend that lets Python write byte code (a full Triton on a writable repository; the
+    embedded server of ``smr serve`` turns it off) leaves the cache of ``model.py`` beside it, which
+    the manifest refuses. Only a cache written since this server started is removed: an older one
+    was planted, and the manifest check names it.
+    """
+    cache = importlib.util.cache_from_source(os.path.join(version_dir, "model.py"))
+    started = _server_started()
+    try:
+        if started is None or os.stat(cache).st_mtime < started - 2:
+            return
+        os.remove(cache)
+        os.rmdir(os.path.dirname(cache))
+    except OSError:
+        pass  # no cache, a read-only repository, or other files in __pycache__ (named by the check)
+
+
+def verify_repository(args: dict, config: dict, model_name: str) -> None:
+    """Refuse to load (``ValueError`` naming every file) when the repository does not match its
+    ``MANIFEST.json``: a file changed, missing or added, an extra model folder, or byte code."""
+    model_dir = args["model_repository"]
+    version_dir = os.path.join(model_dir, str(args.get("model_version", "1")))
+    _remove_own_bytecode(version_dir)
+    manifest_path = os.path.normpath(
+        os.path.join(model_dir, config_parameter(config, "manifest_file", "../MANIFEST.json"))
+    )
+    repo = os.path.dirname(manifest_path)
+    manifest = _manifest_module(repo)
+    try:
+        manifest.verify_manifest(repo)
+    except manifest.ManifestError as exc:
+        raise ValueError(f"{model_name}: refusing to load: {exc}") from None

@@ -17,6 +17,12 @@ On disk a spec is a ``lineages.toml`` beside the class folders::
     [ignore]                  # optional: class folders of the data set that SMR leaves out
     folders = ["artefact"]
 
+    [imaging]                 # optional: the physical size of the images' pixels
+    microns_per_pixel = 0.1
+
+``microns_per_pixel`` is the scale the model learns cells at; ``smr train`` records it with the
+images' size and serving rescales slides to it. A spec without it has an unknown scale.
+
 This module uses numpy and the standard library only (it is copied next to the Triton models).
 ``tomllib`` is imported where a file is read, so the module itself imports on Python 3.10 too.
 """
@@ -25,19 +31,33 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SpecError", "Lineage", "LineageSpec", "load_spec", "parse_spec", "PAPER_SPEC"]
+__all__ = [
+    "SpecError",
+    "Lineage",
+    "LineageSpec",
+    "load_spec",
+    "parse_spec",
+    "check_microns_per_pixel",
+    "MPP_RANGE",
+    "PAPER_SPEC",
+]
 
-_TOP_KEYS = ("lineage", "other", "ignore")
+_TOP_KEYS = ("lineage", "other", "ignore", "imaging")
 _LINEAGE_KEYS = ("name", "classes")
 _OTHER_KEYS = ("classes",)
 _IGNORE_KEYS = ("folders",)
-_DICT_KEYS = ("lineages", "other", "ignore")
+_IMAGING_KEYS = ("microns_per_pixel",)
+_DICT_KEYS = ("lineages", "other", "ignore", "imaging")
+#: Plausible microns per pixel of a microscope image, inclusive: from oil-immersion patches
+#: (about 0.05) to low-power overviews. Anything outside is a typo or a unit error (nm, mm).
+MPP_RANGE = (0.01, 50.0)
 
 
 class SpecError(ValueError):
@@ -54,6 +74,19 @@ def _validate_name(value: Any, what: str) -> str:
     if "/" in value or "\\" in value or value in (".", ".."):
         raise SpecError(f"{what} {value!r} cannot be a folder name")
     return value
+
+
+def check_microns_per_pixel(value: Any, what: str = "microns_per_pixel") -> float:
+    """``value`` as a float within :data:`MPP_RANGE`; :class:`SpecError` saying why not."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise SpecError(f"{what} must be a number (micrometres per pixel), got {value!r}")
+    lo, hi = MPP_RANGE
+    if not (math.isfinite(value) and lo <= value <= hi):
+        raise SpecError(
+            f"{what} = {value!r} is not a plausible pixel size; give micrometres per pixel "
+            f"between {lo:g} and {hi:g} (e.g. 0.25 for a 40x scan)"
+        )
+    return float(value)
 
 
 @dataclass(frozen=True)
@@ -86,13 +119,17 @@ class LineageSpec:
 
     ``ignore`` names class folders of a data set that are not part of the model (for example the
     artefact or "not identifiable" folders of a public data set); loaders skip them.
+    ``microns_per_pixel`` is the physical size of the data set's pixels, ``None`` when unknown.
     """
 
     lineages: tuple[Lineage, ...]
     other: tuple[str, ...] = ()
     ignore: tuple[str, ...] = ()
+    microns_per_pixel: float | None = None
 
     def __post_init__(self) -> None:
+        if self.microns_per_pixel is not None:
+            object.__setattr__(self, "microns_per_pixel", check_microns_per_pixel(self.microns_per_pixel))
         lineages = tuple(self.lineages)
         for field_name in ("other", "ignore"):
             value = getattr(self, field_name)
@@ -172,7 +209,8 @@ class LineageSpec:
     def to_dict(self) -> dict:
         """Plain JSON-able form: ``{"lineages": [{"name", "classes"}], "other": [...]}``.
 
-        ``"ignore"`` appears only when the spec ignores folders.
+        ``"ignore"`` appears only when the spec ignores folders, ``"imaging"``
+        (``{"microns_per_pixel": ...}``) only when the scale is known.
         """
         d: dict[str, Any] = {
             "lineages": [{"name": lin.name, "classes": list(lin.classes)} for lin in self.lineages],
@@ -180,6 +218,8 @@ class LineageSpec:
         }
         if self.ignore:
             d["ignore"] = list(self.ignore)
+        if self.microns_per_pixel is not None:
+            d["imaging"] = {"microns_per_pixel": self.microns_per_pixel}
         return d
 
     @classmethod
@@ -202,7 +242,8 @@ class LineageSpec:
         ignore = d.get("ignore", [])
         if not isinstance(ignore, list):
             raise SpecError("spec 'ignore' must be a list of folder names")
-        return cls(tuple(lineages), tuple(other), tuple(ignore))
+        mpp = _imaging(d.get("imaging", {}), "spec 'imaging'")
+        return cls(tuple(lineages), tuple(other), tuple(ignore), mpp)
 
     def to_toml(self) -> str:
         """The ``lineages.toml`` text of this spec; :func:`parse_spec` reads it back unchanged."""
@@ -213,6 +254,8 @@ class LineageSpec:
         lines += ["[other]", f"classes = {_toml_list(self.other)}", ""]
         if self.ignore:
             lines += ["[ignore]", f"folders = {_toml_list(self.ignore)}", ""]
+        if self.microns_per_pixel is not None:
+            lines += ["[imaging]", f"microns_per_pixel = {self.microns_per_pixel!r}", ""]
         return "\n".join(lines)
 
     # -- data set check --------------------------------------------------------------------
@@ -266,6 +309,15 @@ def _lineage_from_mapping(item: Any, what: str) -> Lineage:
     return Lineage(item["name"], tuple(item["classes"]))
 
 
+def _imaging(table: Any, what: str) -> float | None:
+    """``microns_per_pixel`` of an ``[imaging]`` table (``None`` when absent)."""
+    if not isinstance(table, Mapping):
+        raise SpecError(f"{what} must be a table: [imaging] with microns_per_pixel = ...")
+    _check_keys(table, _IMAGING_KEYS, "[imaging]")
+    value = table.get("microns_per_pixel")
+    return None if value is None else check_microns_per_pixel(value, "[imaging] microns_per_pixel")
+
+
 def _toml_str(s: str) -> str:
     # JSON string escapes are a subset of TOML basic-string escapes.
     return json.dumps(s, ensure_ascii=False)
@@ -304,8 +356,8 @@ def parse_spec(text: str, source: str = "<string>") -> LineageSpec:
         if unknown:
             raise SpecError(
                 f"unknown key(s) {', '.join(repr(k) for k in unknown)}; a spec has [[lineage]] tables "
-                "(name, classes), an optional [other] table (classes) and an optional [ignore] table "
-                "(folders)"
+                "(name, classes), an optional [other] table (classes), an optional [ignore] table "
+                "(folders) and an optional [imaging] table (microns_per_pixel)"
             )
         raw = data.get("lineage")
         if raw is None:
@@ -327,7 +379,8 @@ def parse_spec(text: str, source: str = "<string>") -> LineageSpec:
         ignore = ignore_tbl.get("folders", [])
         if not isinstance(ignore, list):
             raise SpecError("[ignore] folders must be a list of folder names")
-        return LineageSpec(lineages, tuple(other), tuple(ignore))
+        mpp = _imaging(data.get("imaging", {}), "'imaging'")
+        return LineageSpec(lineages, tuple(other), tuple(ignore), mpp)
     except SpecError as e:
         raise SpecError(f"{source}{_locate(text, str(e))}: {e}") from None
 

@@ -19,6 +19,11 @@ from .folder import DatasetError, ImageError, class_folders, find_images, inspec
 
 __all__ = ["CheckReport", "FolderSummary", "check_dataset", "format_report"]
 
+SCALE_UNKNOWN = (
+    "the pixel size is unknown: add [imaging] microns_per_pixel = ... to lineages.toml, or every "
+    "score-slide with this model will need --mpp"
+)
+
 # Fewer images than this in a class is worth a warning: the paper's protocol is 6-fold CV.
 MIN_PER_CLASS = 6
 
@@ -62,10 +67,26 @@ class CheckReport:
             "most_common": [{"height": hh, "width": ww, "count": n} for (hh, ww), n in common],
         }
 
+    @property
+    def microns_per_pixel(self) -> float | None:
+        """The spec's ``[imaging] microns_per_pixel`` (``None``: unknown)."""
+        return self.spec.microns_per_pixel if self.spec else None
+
+    def field_of_view_um(self) -> tuple[float, float] | None:
+        """(height, width) in micrometres of an image of the median size, when the scale is known."""
+        stats = self.size_stats()
+        if self.microns_per_pixel is None or not stats:
+            return None
+        mpp = self.microns_per_pixel
+        return stats["height"]["median"] * mpp, stats["width"]["median"] * mpp
+
     def to_dict(self) -> dict:
+        fov = self.field_of_view_um()
         return {
             "root": str(self.root),
             "usable": self.usable,
+            "microns_per_pixel": self.microns_per_pixel,
+            "field_of_view_um": None if fov is None else list(fov),
             "spec": self.spec.to_dict() if self.spec else None,
             "classes": list(self.spec.classes) if self.spec else None,
             "folders": [vars(f).copy() for f in self.folders],
@@ -158,6 +179,8 @@ def check_dataset(
         report.warnings.append(
             f"{len(report.problems)} damaged image(s) will be skipped (listed under problems)"
         )
+    if report.spec is not None and report.spec.microns_per_pixel is None:
+        report.warnings.append(SCALE_UNKNOWN)
     return report
 
 
@@ -206,6 +229,14 @@ def format_report(report: CheckReport) -> str:
         common = ", ".join(f"{m['height']}x{m['width']} ({m['count']})" for m in stats["most_common"])
         out.append(f"  most common (HxW): {common}")
         out.append("  formats: " + ", ".join(f"{k} ({n})" for k, n in report.image_modes.most_common()))
+    if spec is not None:
+        fov = report.field_of_view_um()
+        if report.microns_per_pixel is None:
+            out += ["", "scale: unknown (no [imaging] microns_per_pixel in the spec)"]
+        else:
+            out += ["", f"scale: {report.microns_per_pixel:g} µm/px"]
+            if fov is not None:
+                out[-1] += f"; a median image covers {fov[0]:.3g} x {fov[1]:.3g} µm (HxW)"
     for title, items in (
         ("problems", report.problems),
         ("warnings", report.warnings),

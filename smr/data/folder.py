@@ -39,6 +39,7 @@ __all__ = [
     "inspect_image",
     "load_image",
     "resolve_spec",
+    "median_image_size",
 ]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
@@ -247,6 +248,46 @@ def inspect_image(path: str | os.PathLike) -> ImageInfo:
     return ImageInfo(height, width, mode, fmt)
 
 
+def _header_size(path: Path) -> tuple[int, int]:
+    """(height, width) from the file's header only (no decoding)."""
+    if _is_tiff(path):
+        import tifffile
+
+        try:
+            with tifffile.TiffFile(path) as tif:
+                shape = tif.pages[0].shape
+        except Exception as e:  # tifffile raises many kinds for damaged files
+            raise ImageError(path, f"cannot read TIFF: {e}") from None
+        planar = len(shape) == 3 and shape[0] in (1, 2, 3, 4) and shape[2] not in (1, 2, 3, 4)
+        return (int(shape[1]), int(shape[2])) if planar else (int(shape[0]), int(shape[1]))
+    try:
+        with Image.open(path) as im:
+            return int(im.height), int(im.width)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise ImageError(path, f"cannot read: {e}") from None
+
+
+def median_image_size(paths: Sequence[str | os.PathLike], limit: int = 500) -> tuple[float, float] | None:
+    """Median (height, width) in pixels of the images at ``paths`` (headers only; ``None`` for none).
+
+    At most ``limit`` images, evenly spaced over ``paths``, are looked at; unreadable ones are skipped.
+    """
+    paths = list(paths)
+    if not paths:
+        return None
+    step = max(1, math.ceil(len(paths) / limit))
+    sizes = []
+    for p in paths[::step]:
+        try:
+            sizes.append(_header_size(Path(p)))
+        except ImageError:
+            continue
+    if not sizes:
+        return None
+    h, w = np.median(np.asarray(sizes, dtype=np.float64), axis=0)
+    return float(h), float(w)
+
+
 # -- spec and manifest ------------------------------------------------------------------------------
 def resolve_spec(root: str | os.PathLike, spec: LineageSpec | str | os.PathLike | None) -> LineageSpec:
     """The spec passed in (object or path), else ``ROOT/lineages.toml``."""
@@ -386,6 +427,15 @@ class FolderDataset:
     def counts(self) -> np.ndarray:
         """Number of samples per class, in the spec's class order."""
         return np.bincount(self.labels, minlength=len(self.spec.classes)).astype(np.int64)
+
+    @property
+    def name(self) -> str:
+        """The data set's name: its root folder's name."""
+        return Path(self.root).resolve().name
+
+    def median_image_size(self) -> tuple[float, float] | None:
+        """Median (height, width) of the images in pixels, from their headers (see module function)."""
+        return median_image_size(self.paths)
 
     @property
     def maturities(self) -> np.ndarray:

@@ -3,7 +3,8 @@
 Layout of ``OUT``::
 
     OUT/<class>/<class>_<index>.png   one patch per cell, RGB, size x size
-    OUT/lineages.toml                 the lineage spec (the paper's 15 classes)
+    OUT/lineages.toml                 the lineage spec (the paper's 15 classes) and the patches'
+                                      scale, [imaging] microns_per_pixel = FIELD_UM / size
     OUT/manifest.csv                  path,class,lineage,maturity (lineage and maturity empty for
                                       the classes without a maturity order)
     OUT/synth.json                    the generator's settings (seed, size, field of view, ...)
@@ -17,6 +18,7 @@ leaves nothing half-written and never touches an existing ``OUT``.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -31,14 +33,22 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from smr.core.lineages import PAPER_SPEC
+from smr.core.lineages import PAPER_SPEC, LineageSpec
 
 from .output import check_target, staged_folder
 from .population import STREAM_CELL, STREAM_STAIN, CellDraw, cell_rng, plan_population, random_cell
 from .render import FIELD_UM, render_patch
 from .stain import Stain, sample_stain
 
-__all__ = ["SynthSettings", "SynthSummary", "render_draw", "write_patches", "MANIFEST_COLUMNS"]
+__all__ = [
+    "SynthSettings",
+    "SynthSummary",
+    "render_draw",
+    "write_patches",
+    "patch_mpp",
+    "patch_spec",
+    "MANIFEST_COLUMNS",
+]
 
 MANIFEST_COLUMNS = ("path", "class", "lineage", "maturity")
 GENERATOR_VERSION = 1
@@ -98,6 +108,16 @@ def render_draw(draw: CellDraw, settings: SynthSettings) -> np.ndarray:
     stain = _slide_stain(settings.seed, slide, settings.stain_variation)
     neighbours = random_cell if settings.neighbours else None
     return render_patch(draw.cls, draw.lineage, draw.maturity, settings.size, stain, rng, neighbours)
+
+
+def patch_mpp(size: int) -> float:
+    """Micrometres per pixel of a ``size`` px patch: every patch shows :data:`FIELD_UM` micrometres."""
+    return FIELD_UM / size
+
+
+def patch_spec(size: int) -> LineageSpec:
+    """The spec written beside ``size`` px patches: the paper's classes and the patches' scale."""
+    return dataclasses.replace(PAPER_SPEC, microns_per_pixel=patch_mpp(size))
 
 
 def relative_path(draw: CellDraw) -> str:
@@ -163,14 +183,14 @@ def write_patches(
                 with multiprocessing.get_context("spawn").Pool(workers) as pool:
                     for done in pool.imap_unordered(_write_chunk, jobs):
                         bar.update(done)
-        (tmp / "lineages.toml").write_text(PAPER_SPEC.to_toml(), encoding="utf-8")
+        (tmp / "lineages.toml").write_text(patch_spec(settings.size).to_toml(), encoding="utf-8")
         (tmp / "manifest.csv").write_text(_manifest_text(draws), encoding="utf-8")
         meta = {
             "generator": "smr.synth",
             "version": GENERATOR_VERSION,
             "settings": asdict(settings),
             "field_um": FIELD_UM,
-            "mpp": FIELD_UM / settings.size,
+            "mpp": patch_mpp(settings.size),
             "stages": "each lineage's stages split maturity [0, 1] into equal intervals",
         }
         (tmp / "synth.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")

@@ -193,3 +193,49 @@ def test_scored_cells_geojson_is_valid_and_carries_classification_and_measuremen
     )
     assert doc["features"][1]["properties"]["smr"]["position"] is None
     assert len({f["id"] for f in doc["features"]}) == 2
+
+
+def test_every_class_probability_becomes_a_qupath_measurement():
+    from smr.clients.detections import Detection
+    from smr.clients.outputs import cell_fields, cell_records
+    from smr.clients.results import BatchOutputs, cells_from_outputs
+    from tests.clients.helpers import paper_info
+
+    info = paper_info()
+    rng = np.random.default_rng(2)
+    probs = rng.dirichlet(np.ones(len(info.classes)), size=3).astype(np.float32)
+    out = BatchOutputs(probs, probs.argmax(1), rng.uniform(size=(3, 2)).astype(np.float32),
+                       rng.uniform(size=(3, 2)).astype(np.float32))  # fmt: skip
+    dets = [Detection(f"c{i}", 10.0 * i, 5.0) for i in range(3)] + [Detection("off", -5.0, 1.0)]
+    cells = dict(zip(["c0", "c1", "c2"], cells_from_outputs(info, out), strict=True))
+    records = cell_records(info, dets, cells)
+    assert all(set(r) == set(cell_fields(info)) for r in records)
+    assert [f"p_{c}" for c in info.classes] == [f for f in cell_fields(info) if f.startswith("p_")]
+    assert records[3]["status"] == "outside" and records[3]["p_blast"] == ""
+    colors = dict.fromkeys(info.classes, (1, 2, 3))
+    doc = json.loads(json.dumps(cells_feature_collection(records[:3], {}, colors, info.lineage_names)))
+    for i, feature in enumerate(doc["features"]):
+        m = feature["properties"]["measurements"]
+        for k, c in enumerate(info.classes):
+            assert m[f"SMR p({c})"] == pytest.approx(float(probs[i, k]), rel=1e-6)
+        assert m["SMR margin"] == pytest.approx(
+            float(np.sort(probs[i])[-1] - np.sort(probs[i])[-2]), rel=1e-5
+        )
+        assert feature["properties"]["smr"]["probabilities"] == pytest.approx(
+            dict(zip(info.classes, probs[i].tolist(), strict=True)), rel=1e-6
+        )
+
+
+@pytest.mark.parametrize("text", ["=1+1", "+41", "-2+3", "@SUM(A1)", "\tx", "\r=x", '=HYPERLINK("x")'])
+def test_text_that_a_spreadsheet_would_run_is_written_inert(text):
+    import csv
+    import io
+
+    from smr.clients.outputs import csv_text, spreadsheet_safe
+
+    written = csv_text(["id", "x", "class", "p"], [{"id": text, "x": -1.5, "class": text, "p": 0.25}])
+    rows = list(csv.reader(io.StringIO(written, newline="")))
+    assert rows[1] == ["'" + text, "-1.5", "'" + text, "0.25"]  # numbers stay numbers, text gets a quote
+    for cell in rows[1]:  # no text cell starts with a formula character
+        assert not (cell[:1] in "=+@\t\r" and cell[:1]) and not (cell.startswith("-") and cell != "-1.5")
+    assert spreadsheet_safe("blast") == "blast" and spreadsheet_safe("a=b") == "a=b"

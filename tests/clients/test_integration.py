@@ -411,3 +411,82 @@ def test_score_slides_scores_each_slide_and_summarises(clients_server, synthetic
         assert int(rows[name]["cells"]) == len(cells)
         pct = 100 * Counter(r["class"] for r in cells)[cells[0]["class"]] / len(cells)
         assert float(rows[name][f"pct_{cells[0]['class']}"]) == pytest.approx(pct, abs=0.01)
+
+
+# --------------------------------------------------------------------------------------------------
+# scale, provenance and damaged images (issue 12)
+
+
+def _model_scale_from_the_training_images() -> float:
+    """The scale the fixture's run was trained at, from its data set alone: the declared pixel size
+    times the median image side (geometric mean), over the 224 px network input."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "export"))
+    from export_helpers import PBC_MICRONS_PER_PIXEL, shared_pbc_dev
+
+    sizes = []
+    for path in sorted(shared_pbc_dev().glob("*/*.jpg")):
+        with Image.open(path) as im:
+            sizes.append((im.height, im.width))
+    h, w = np.median(np.array(sizes, dtype=float), axis=0)
+    return PBC_MICRONS_PER_PIXEL * math.sqrt(h * w) / 224
+
+
+def test_score_slide_without_mpp_uses_the_model_s_scale_and_counts_the_same(
+    clients_server, synthetic_slide, tmp_path, capsys
+):
+    mpp = _model_scale_from_the_training_images()
+    common = [str(synthetic_slide.slide), "--detections", str(synthetic_slide.detections), "--url",
+              clients_server.grpc_url, "--no-progress"]  # fmt: skip
+    assert smr_main(["score-slide", *common, "--out", str(tmp_path / "given"), "--mpp", repr(mpp)]) == 0
+    capsys.readouterr()
+    assert smr_main(["score-slide", *common, "--out", str(tmp_path / "default")]) == 0
+    terminal = capsys.readouterr().out
+    given = json.loads((tmp_path / "given" / "summary.json").read_text())
+    default = json.loads((tmp_path / "default" / "summary.json").read_text())
+    assert default["geometry"]["mpp"] == pytest.approx(mpp)
+    assert default["geometry"] == given["geometry"]
+    assert default["count"]["counts"] == given["count"]["counts"]
+    assert [r["class"] for r in _read_csv(tmp_path / "default" / "cells.csv")] == [
+        r["class"] for r in _read_csv(tmp_path / "given" / "cells.csv")
+    ]
+    # provenance: the export's parameters and the server's own version, in summary.json and on screen
+    with SMRClient(clients_server.grpc_url) as client:
+        meta = client._grpc.get_server_metadata(as_json=True)
+    prov = default["provenance"]
+    assert list(prov) == ["manifest_sha256", "run_id", "training_data", "training_images", "val_macro_f1",
+                          "smr_version", "triton_version", "model_microns_per_pixel", "notice"]  # fmt: skip
+    assert prov["triton_version"] == meta["version"]
+    assert prov["model_microns_per_pixel"] == pytest.approx(mpp)
+    assert prov["training_data"] == "pbc-dev" and prov["training_images"] > 0
+    assert prov["notice"] == "for research use, not for diagnosis"
+    manifest = json.loads((clients_server.repository / "MANIFEST.json").read_text())
+    from smr.export.repository import manifest_digest
+
+    assert prov["manifest_sha256"] == manifest_digest(manifest)
+    assert f"manifest sha256 {prov['manifest_sha256']}" in terminal
+    assert f"Triton {meta['version']}" in terminal and "for research use, not for diagnosis" in terminal
+
+
+def test_classify_skips_and_lists_damaged_images(clients_server, synthetic_slide, tmp_path, capsys):
+    images = _slide_patches(synthetic_slide, 3)
+    folder = tmp_path / "cells"
+    folder.mkdir()
+    for i, im in enumerate(images):
+        Image.fromarray(im).save(folder / f"cell-{i}.png")
+    good = sorted(folder.glob("*.png"))
+    (folder / "cell-1b.png").write_bytes(good[1].read_bytes()[:300])  # truncated
+    (folder / "notes.png").write_text("not an image")
+    rc = smr_main(["classify", str(folder), "--url", clients_server.grpc_url, "--out",
+                   str(tmp_path / "out.csv")])  # fmt: skip
+    captured = capsys.readouterr()
+    assert rc == 1
+    assert [r["file"] for r in _read_csv(tmp_path / "out.csv")] == [str(p) for p in good]
+    err = captured.err.splitlines()
+    assert err[-1] == (
+        "smr classify: error: 2 of 5 images were skipped because they could not be read (listed above); "
+        "the other 3 were classified"
+    )
+    skipped = [line for line in err if line.startswith("skipped ")]
+    assert [line.split(": ")[0] for line in skipped] == [
+        f"skipped {folder / 'cell-1b.png'}", f"skipped {folder / 'notes.png'}"
+    ]

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 
 import numpy as np
 import pytest
 
 from smr.clients.errors import InputError
-from smr.clients.journal import JOURNAL_CSV, JOURNAL_META, Journal
+from smr.clients.journal import JOURNAL_CSV, JOURNAL_META, SLIDE_HASH_CACHE, Journal, slide_sha256
 from smr.clients.results import BatchOutputs
 from tests.clients.helpers import paper_info
 
@@ -94,3 +96,38 @@ def test_two_runs_cannot_write_one_journal(tmp_path):
             Journal.open(tmp_path, info, RUN)
     with Journal.open(tmp_path, info, RUN) as journal:  # released on close
         assert len(journal) == 0
+
+
+def test_a_different_slide_under_the_same_name_and_size_is_refused(tmp_path):
+    info = paper_info()
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    slide = slides / "s.tiff"
+    slide.write_bytes(b"A" * 5000 + b"first")
+    out = tmp_path / "out"
+    out.mkdir()
+    with Journal.open(out, info, RUN, slide=slide) as journal:
+        journal.append(["a0"], _outputs(info, 1, 0))
+    stored = json.loads((out / JOURNAL_META).read_text())["run"]["slide"]
+    assert stored["sha256"] == hashlib.sha256(slide.read_bytes()).hexdigest()
+    assert stored["name"] == "s.tiff"  # the name still counts too
+    with Journal.open(out, info, RUN, slide=slide) as journal:  # the same slide resumes
+        assert "a0" in journal
+    slide.write_bytes(b"A" * 5000 + b"other")  # same name, same size, other pixels
+    with pytest.raises(InputError, match=r"changed: run.slide.sha256"):
+        Journal.open(out, info, RUN, slide=slide)
+
+
+def test_the_slide_hash_is_streamed_once_and_cached_beside_the_journal(tmp_path):
+    slide = tmp_path / "big.tiff"
+    slide.write_bytes(np.random.default_rng(0).bytes(3 * 2**20 + 17))  # several chunks
+    cache = tmp_path / SLIDE_HASH_CACHE
+    assert slide_sha256(slide, cache) == hashlib.sha256(slide.read_bytes()).hexdigest()
+    doc = json.loads(cache.read_text())
+    assert doc["bytes"] == slide.stat().st_size and doc["path"] == str(slide.resolve())
+    doc["sha256"] = "f" * 64  # a cached value is used while the file is unchanged ...
+    cache.write_text(json.dumps(doc))
+    assert slide_sha256(slide, cache) == "f" * 64
+    os.utime(slide, ns=(slide.stat().st_atime_ns, slide.stat().st_mtime_ns + 10**9))
+    assert slide_sha256(slide, cache) == hashlib.sha256(slide.read_bytes()).hexdigest()  # ... and no longer
+    assert slide_sha256(slide) == hashlib.sha256(slide.read_bytes()).hexdigest()  # without a cache

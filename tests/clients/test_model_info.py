@@ -94,3 +94,42 @@ def test_outputs_the_ensemble_needs_requested_are_found_from_its_steps():
     assert internal.must_request == ()
     assert requested_output_names(internal, embeddings=False) == list(OUTPUTS)
     assert requested_output_names(internal, embeddings=True) == [*OUTPUTS, "EMBEDDING"]
+
+
+def test_scale_and_provenance_are_read_and_unknown_ones_stay_unknown():
+    from smr.clients.model_info import PROVENANCE_KEYS, provenance
+
+    doc = config_json()
+    params = doc["config"]["parameters"]
+    for key, value in {
+        "microns_per_pixel": "0.53125", "field_of_view_um": "[34.0, 34.0]", "run_id": "run-0123456789ab",
+        "training_data": "synthetic", "training_images": "1350", "val_macro_f1": "0.7241",
+        "smr_version": "9.9", "manifest_sha256": "ab" * 32,
+    }.items():  # fmt: skip
+        params[key] = {"string_value": value}
+    info = model_info_from_config(doc)
+    assert info.microns_per_pixel == 0.53125 and info.field_of_view_um == (34.0, 34.0)
+    prov = provenance(info, "2.51.0")
+    assert list(prov) == list(PROVENANCE_KEYS) == [
+        "manifest_sha256", "run_id", "training_data", "training_images", "val_macro_f1", "smr_version",
+        "triton_version", "model_microns_per_pixel", "notice",
+    ]  # fmt: skip
+    assert prov == {
+        "manifest_sha256": "ab" * 32, "run_id": "run-0123456789ab", "training_data": "synthetic",
+        "training_images": 1350, "val_macro_f1": 0.7241, "smr_version": "9.9", "triton_version": "2.51.0",
+        "model_microns_per_pixel": 0.53125, "notice": "for research use, not for diagnosis",
+    }  # fmt: skip
+    assert "microns_per_pixel" not in info.extra and "run_id" not in info.extra
+    bare = model_info_from_config(config_json())
+    assert bare.microns_per_pixel is None and bare.field_of_view_um is None
+    assert provenance(bare, None) == {
+        **dict.fromkeys(PROVENANCE_KEYS), "notice": "for research use, not for diagnosis"
+    }
+
+
+@pytest.mark.parametrize("value", ["-1", "abc", "nan", "0"])
+def test_a_bad_scale_parameter_is_refused(value):
+    doc = config_json()
+    doc["config"]["parameters"]["microns_per_pixel"] = {"string_value": value}
+    with pytest.raises(ModelConfigError, match="parameter 'microns_per_pixel' is not a pixel size"):
+        model_info_from_config(doc)

@@ -104,6 +104,12 @@ def test_geometry_picks_the_finest_level_not_finer_than_asked(pyramid):
             patch_geometry(slide, 64, mpp=0.5, level=1)
         with pytest.raises(InputError, match="level 3 does not exist"):
             patch_geometry(slide, 64, level=3)
+        with pytest.raises(InputError) as exc:  # no silent "level 0 as it is" any more
+            patch_geometry(slide, 64)
+        assert str(exc.value) == (
+            "give the microns per pixel the model expects (--mpp) or a pyramid level to read as it is "
+            "(--level)"
+        )
 
 
 def test_mpp_needs_a_known_resolution(tmp_path):
@@ -114,7 +120,7 @@ def test_mpp_needs_a_known_resolution(tmp_path):
         assert patch_geometry(slide, 16, mpp=0.5, slide_mpp=0.25).region == 32
 
 
-@pytest.mark.parametrize("mpp, level", [(None, None), (None, 1), (0.5, None), (0.8, None)])
+@pytest.mark.parametrize("mpp, level", [(None, 0), (None, 1), (0.5, None), (0.8, None)])
 def test_block_cropping_yields_each_patch_once_equal_to_a_naive_crop(pyramid, mpp, level):
     path, levels = pyramid
     rng = np.random.default_rng(5)

@@ -221,3 +221,36 @@ def test_specs_in_docs_are_valid():
     assert paper.lineages == PAPER_SPEC.lineages and paper.other == PAPER_SPEC.other
     matek = parse_spec(blocks[1], "docs/data.md")
     assert len(matek.classes) + len(matek.ignore) == 21  # the data set's 21 class codes
+
+
+# -- [imaging] microns_per_pixel ---------------------------------------------------------------------
+
+
+def test_imaging_scale_is_read_and_round_trips(tmp_path):
+    spec = load_spec(_write(tmp_path, GOOD + "\n[imaging]\nmicrons_per_pixel = 0.53125\n"))
+    assert spec.microns_per_pixel == tomllib.loads(GOOD + "[imaging]\nmicrons_per_pixel = 0.53125\n")[
+        "imaging"
+    ]["microns_per_pixel"]
+    assert parse_spec(spec.to_toml()) == spec
+    assert LineageSpec.from_dict(spec.to_dict()) == spec
+    assert spec.to_dict()["imaging"] == {"microns_per_pixel": 0.53125}
+    unknown = parse_spec(GOOD)  # no [imaging]: the scale is unknown, and nothing says otherwise
+    assert unknown.microns_per_pixel is None
+    assert "imaging" not in unknown.to_dict() and "[imaging]" not in unknown.to_toml()
+
+
+@pytest.mark.parametrize(
+    "table, message",
+    [
+        ("microns_per_pixel = 0", "microns_per_pixel = 0 is not a plausible pixel size; give micrometres "
+                                  "per pixel between 0.01 and 50 (e.g. 0.25 for a 40x scan)"),
+        ("microns_per_pixel = 250.0", "microns_per_pixel = 250.0 is not a plausible pixel size"),
+        ('microns_per_pixel = "0.25"', "must be a number (micrometres per pixel), got '0.25'"),
+        ("mpp = 0.25", "unknown key(s) 'mpp' in [imaging]; allowed: microns_per_pixel"),
+    ],
+)  # fmt: skip
+def test_imaging_scale_errors(table, message):
+    with pytest.raises(SpecError) as info:
+        parse_spec(GOOD + "\n[imaging]\n" + table + "\n", "lineages.toml")
+    assert message in str(info.value)
+    assert str(info.value).startswith("lineages.toml")

@@ -106,3 +106,29 @@ def test_check_usage_errors(argv, capsys):
 def test_data_without_command(capsys):
     assert main(["data"]) == 2
     assert "choose a command: check" in capsys.readouterr().err
+
+
+def test_check_reports_the_scale_or_that_it_is_unknown(pbc_small, capsys):
+    code, out, _ = _run(capsys, str(pbc_small))
+    assert code == 0
+    assert "scale: unknown (no [imaging] microns_per_pixel in the spec)" in out
+    assert (
+        "the pixel size is unknown: add [imaging] microns_per_pixel = ... to lineages.toml, or every "
+        "score-slide with this model will need --mpp"
+    ) in out
+    spec = pbc_small / "lineages.toml"
+    spec.write_text(spec.read_text() + "\n[imaging]\nmicrons_per_pixel = 0.1\n")
+    code, out, _ = _run(capsys, str(pbc_small), "--json")
+    doc = json.loads(out)
+    from PIL import Image
+
+    sizes = []
+    for p in sorted(pbc_small.glob("*/*.jpg")):
+        with Image.open(p) as im:
+            sizes.append(im.size)  # (width, height)
+    med_h = sorted(h for _, h in sizes)[len(sizes) // 2 - 1 : len(sizes) // 2 + 1]
+    assert doc["microns_per_pixel"] == 0.1
+    assert doc["field_of_view_um"][0] == pytest.approx(0.1 * sum(med_h) / 2)  # 30 images: mean of middle two
+    assert not any("pixel size is unknown" in w for w in doc["warnings"])
+    code, out, _ = _run(capsys, str(pbc_small))
+    assert "scale: 0.1 µm/px; a median image covers" in out

@@ -252,3 +252,28 @@ def test_symlinked_class_folder(matek_like, tmp_path):
 def test_spec_of_dataset_is_data(pbc_dev):
     ds = FolderDataset.scan(pbc_dev, verify=False)
     assert LineageSpec.from_dict(ds.spec.to_dict()) == ds.spec
+
+
+def test_median_image_size_reads_headers_and_skips_damaged_files(tmp_path):
+    import tifffile
+
+    from smr.data.folder import median_image_size
+
+    rng = np.random.default_rng(3)
+    shapes = [(30, 40), (32, 40), (34, 44), (36, 48)]  # (height, width)
+    paths = []
+    for i, (h, w) in enumerate(shapes):
+        a = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+        p = tmp_path / (f"{i}.png" if i % 2 else f"{i}.tif")
+        if p.suffix == ".tif":
+            if i == 2:  # planar
+                tifffile.imwrite(p, np.moveaxis(a, -1, 0), photometric="rgb", planarconfig="separate")
+            else:
+                tifffile.imwrite(p, a, photometric="rgb")
+        else:
+            Image.fromarray(a).save(p)
+        paths.append(p)
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    got = median_image_size([*paths, tmp_path / "bad.png"])
+    assert got == (float(np.median([s[0] for s in shapes])), float(np.median([s[1] for s in shapes])))
+    assert median_image_size([]) is None

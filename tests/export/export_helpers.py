@@ -19,13 +19,16 @@ from sklearn.svm import SVC
 
 from smr.core.lineages import Lineage, LineageSpec
 from smr.core.svm import svm_to_dict
-from smr.data.folder import load_image
+from smr.data.folder import FolderDataset, load_image
 from smr.train import rundir
 from smr.train.config import TrainConfig
 from smr.train.dataset import normalize
 from smr.train.engine import fit_lineage_curves
 from smr.train.model import smr_net
 
+# the pixel size these runs declare for PBC's 360 px CellaVision patches (34 um across, as the
+# synthetic generator draws them), so that their exports carry a physical scale
+PBC_MICRONS_PER_PIXEL = 34.0 / 360
 # two lineages over PBC's classes (the second is not biology; it gives MATURITY two columns)
 TWO_LINEAGES = LineageSpec(
     lineages=(
@@ -33,6 +36,7 @@ TWO_LINEAGES = LineageSpec(
         Lineage("mono", ("lymphocyte", "monocyte")),
     ),
     other=("basophil", "eosinophil", "erythroblast"),
+    microns_per_pixel=PBC_MICRONS_PER_PIXEL,
 )
 ONE_LINEAGE = LineageSpec(
     lineages=(
@@ -95,7 +99,7 @@ def make_run(
     torch.manual_seed(image_size)
     config = TrainConfig(image_size=image_size, curve="bezier" if real_svm else "linear").validate()
     model = smr_net(embedding_dim=config.embedding_dim, dropout=config.dropout).eval()
-    rundir.write_config(out, config, spec)
+    rundir.write_config(out, config, spec, FolderDataset.scan(data, spec, verify=False))
     rundir.save_model(out, model)
     train, val = _split(data, list(spec.classes), n_train, n_val)
     rundir.write_split(out, train, val, seed=0, fold=None, folds=None, data=str(data))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import warnings
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -77,7 +78,11 @@ def test_int8_export_over_an_earlier_export(run64, repo64, tmp_path, capsys):
     assert main(["export", str(run64.path), "--repository", str(repo), "--quantize", "int8"]) == 0
     out = capsys.readouterr().out
     assert "INT8 vs FP32" in out and "ratio" in out
-    assert check_repository(repo).problems == []
+    # the user's model is kept, and (manifest.py) named as a folder Triton would load unchecked
+    assert check_repository(repo).problems == [
+        "their_model/: model folder not listed in MANIFEST.json (Triton would load it); remove it, or "
+        "export the repository again"
+    ]
     assert (repo / "smr_backbone/1/model.onnx").read_bytes() != old_onnx
     assert (repo / "their_model" / "config.pbtxt").read_text() == 'name: "their_model"'
     assert (repo / "README.md").read_text() == "notes"
@@ -112,3 +117,42 @@ def test_int8_export_over_an_earlier_export(run64, repo64, tmp_path, capsys):
     distance = np.linalg.norm(int8 - reference, axis=1)
     assert 0 < distance.mean() == pytest.approx(report["embedding_distance_mean"], abs=1e-4)
     assert report["macro_f1_change"] == pytest.approx(report["macro_f1_int8"] - report["macro_f1_fp32"])
+
+
+def test_check_prints_the_manifest_digest_and_catches_a_stale_one(repo64, tmp_path, capsys):
+    from smr.export.repository import manifest_digest
+
+    assert main(["export", "--check", str(repo64)]) == 0
+    digest = manifest_digest(json.loads((repo64 / "MANIFEST.json").read_text()))
+    assert f"manifest sha256: {digest}" in capsys.readouterr().out
+    repo = tmp_path / "repo"
+    shutil.copytree(repo64, repo)
+    doc = json.loads((repo / "MANIFEST.json").read_text())
+    doc["created"] = "2000-01-01T00:00:00+00:00"  # a manifest the ensemble's digest does not describe
+    (repo / "MANIFEST.json").write_text(json.dumps(doc, indent=2) + "\n")
+    assert main(["export", "--check", str(repo)]) == 1
+    err = capsys.readouterr().err
+    assert (
+        f"smr/config.pbtxt: manifest_sha256 {digest[:12]}... does not match MANIFEST.json "
+        f"({manifest_digest(doc)[:12]}...); export the repository again"
+    ) in err
+
+
+def test_export_and_serve_share_one_default_repository_in_the_working_directory(
+    run64, tmp_path, monkeypatch, capsys
+):
+    import smr.export.repository as repository
+    from smr.cli import build_parser
+
+    seen = []
+
+    def fake_export(run_dir, repo, options):
+        seen.append(Path(repo))
+        raise FileExistsError("stop here")
+
+    monkeypatch.setattr(repository, "export_repository", fake_export)
+    monkeypatch.chdir(tmp_path)
+    assert main(["export", str(run64.path)]) == 2
+    assert seen and (Path.cwd() / seen[0]).resolve() == tmp_path / "model_repository"
+    serve = build_parser().parse_args(["serve"])
+    assert (Path.cwd() / serve.repository).resolve() == tmp_path / "model_repository"

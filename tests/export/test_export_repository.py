@@ -184,10 +184,15 @@ def test_missing_and_added_files_are_named(repo_copy):
     assert any("smr_backbone/2/model.onnx: not listed" in p for p in problems)
 
 
-def test_python_byte_code_is_not_a_problem(repo_copy):
+def test_python_byte_code_is_refused_and_named(repo_copy):
+    """Python runs __pycache__/model.cpython-3XX.pyc instead of the checked model.py beside it."""
     (repo_copy / "smr_postprocess/1/__pycache__").mkdir()
     (repo_copy / "smr_postprocess/1/__pycache__/model.cpython-311.pyc").write_bytes(b"\0")
-    assert check_repository(repo_copy).problems == []
+    problems = check_repository(repo_copy).problems
+    assert [p for p in problems if "model.cpython-311.pyc" in p] == [
+        "smr_postprocess/1/__pycache__/model.cpython-311.pyc: Python byte code not listed in MANIFEST.json "
+        "(Python would run it instead of the checked source); remove it"
+    ], problems
 
 
 def test_renamed_tensor_is_caught_even_with_a_resealed_manifest(repo_copy):
@@ -294,3 +299,59 @@ def test_exported_files_are_ignored_by_git(repo64):
         ["git", "check-ignore", "-q", "--no-index", "model_repository/README.md"], cwd=REPO_ROOT
     )
     assert readme.returncode == 1  # the README is committed
+
+
+# -- scale and provenance in the ensemble's parameters ------------------------------------------------
+
+
+def _ensemble_params(repo: Path) -> dict[str, str]:
+    return {k: v.string_value for k, v in parse_config(repo / "smr/config.pbtxt").parameters.items()}
+
+
+def test_ensemble_carries_the_scale_the_network_input_was_trained_at(run64, repo64, repo224_python):
+    import numpy as np
+    from PIL import Image
+
+    sizes = []
+    for path in sorted(run64.data.glob("*/*.jpg")):
+        with Image.open(path) as im:
+            sizes.append((im.height, im.width))
+    h, w = np.median(np.array(sizes, dtype=float), axis=0)
+    mpp = run64.spec.microns_per_pixel
+    params = _ensemble_params(repo64)
+    # the whole image (h x w px at mpp) is resized to 64 x 64: one input pixel is fov / 64 across
+    assert float(params["microns_per_pixel"]) == pytest.approx(np.sqrt(h * mpp * w * mpp) / 64)
+    assert json.loads(params["field_of_view_um"]) == pytest.approx([h * mpp, w * mpp])
+    # a data set without [imaging] microns_per_pixel: the scale is left out, not guessed
+    assert "microns_per_pixel" not in _ensemble_params(repo224_python)
+    assert "field_of_view_um" not in _ensemble_params(repo224_python)
+
+
+def test_ensemble_carries_provenance(run64, repo64):
+    import hashlib
+
+    from smr import __version__
+
+    params = _ensemble_params(repo64)
+    model_sha = hashlib.sha256((run64.path / "model.safetensors").read_bytes()).hexdigest()
+    assert params["run_id"] == f"{run64.path.resolve().name}-{model_sha[:12]}"
+    assert params["training_data"] == run64.data.resolve().name
+    assert int(params["training_images"]) == len(run64.train)
+    assert params["smr_version"] == __version__
+    assert "val_macro_f1" not in params  # the helper's run has no training result
+    # the manifest digest: MANIFEST.json without the ensemble config's own entry, canonical JSON
+    doc = json.loads((repo64 / MANIFEST_FILE).read_text())
+    del doc["files"]["smr/config.pbtxt"]
+    canonical = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    assert params["manifest_sha256"] == hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def test_val_macro_f1_comes_from_the_run_result(run64, tmp_path):
+    from smr.export.repository import model_parameters
+    from smr.train.rundir import load_run, write_result
+
+    run = tmp_path / "run"
+    shutil.copytree(run64.path, run)
+    write_result(run, {"best_epoch": 3, "best_val_macro_f1": 0.712345})
+    params = model_parameters(load_run(run, model=False), run)
+    assert params["val_macro_f1"] == "0.7123"

@@ -177,14 +177,23 @@ def exposed_metric_names(text: str) -> set[str]:
     return {name for name, _, _ in parse_exposition(text)}
 
 
-def prometheus_config(targets: list[str], scrape_interval: str = "1s") -> dict:
-    """serving/prometheus/prometheus.yml with the test's targets, a short interval, absolute rule paths."""
+def prometheus_config(
+    targets: list[str], scrape_interval: str = "1s", supervisor_targets: list[str] | None = None
+) -> dict:
+    """serving/prometheus/prometheus.yml with the test's targets, a short interval, absolute rule paths.
+
+    ``targets``: Triton metrics endpoints (job triton); ``supervisor_targets``: `smr serve`
+    supervisors' health endpoints (job smr_serve; the job is dropped without them)."""
     config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
     config["global"]["scrape_interval"] = scrape_interval
     config["global"]["evaluation_interval"] = scrape_interval
     config["rule_files"] = [str(PROMETHEUS_DIR / name) for name in config["rule_files"]]
-    (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "triton"]
-    job["static_configs"] = [{"targets": targets}]
+    jobs = {j["job_name"]: j for j in config["scrape_configs"]}
+    jobs["triton"]["static_configs"] = [{"targets": targets}]
+    if supervisor_targets:
+        jobs["smr_serve"]["static_configs"] = [{"targets": supervisor_targets}]
+    else:
+        config["scrape_configs"] = [j for j in config["scrape_configs"] if j["job_name"] != "smr_serve"]
     return config
 
 

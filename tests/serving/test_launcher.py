@@ -172,8 +172,9 @@ def test_toy_server_answers_on_loopback_and_exposes_metrics(toy_server):
     # latency quantiles are on (--metrics-config summary_latencies=true)
     quantiles = metric_samples(text, "nv_inference_request_summary_us")
     assert {dict(k)["quantile"] for k in quantiles if dict(k)["model"] == "toy"} >= {"0.5", "0.95", "0.99"}
-    for url in (toy_server.grpc_url, toy_server.http_url, toy_server.metrics_url):
+    for url in (toy_server.grpc_url, toy_server.metrics_url):
         assert "127.0.0.1:" in url
+    assert toy_server.http_url is None  # HTTP is off unless asked for
 
 
 @pytest.mark.integration

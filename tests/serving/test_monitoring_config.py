@@ -186,13 +186,36 @@ def _compose() -> dict:
     return yaml.safe_load(COMPOSE.read_text())
 
 
+_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::([-?])((?:[^{}]|\{[^}]*\})*))?\}")
+
+
+def interpolate(text: str, env: dict[str, str]) -> str:
+    """Compose's variable syntax: ${VAR}, ${VAR:-default}, ${VAR:?error} (raises ValueError(error))."""
+
+    def value(match: re.Match) -> str:
+        name, kind, arg = match.groups()
+        if env.get(name):
+            return env[name]
+        if kind == "?":
+            raise ValueError(f"{name}: {arg}")
+        return arg if kind == "-" else ""
+
+    return _VARIABLE.sub(value, text)
+
+
+def _port_specs(service: dict, env: dict[str, str] | None = None) -> list[tuple[str, int, int]]:
+    """(host address, host port, container port) of each published port, variables interpolated."""
+    out = []
+    for spec in service.get("ports", []):
+        parts = interpolate(str(spec), env or {}).rsplit(":", 2)
+        address = parts[0] if len(parts) == 3 else "0.0.0.0"  # compose's default: every interface
+        out.append((address, int(parts[-2] if len(parts) > 1 else parts[-1]), int(parts[-1].split("/")[0])))
+    return out
+
+
 def _published(service: dict) -> dict[int, int]:
     """container port -> host port"""
-    out = {}
-    for spec in service.get("ports", []):
-        host, container = str(spec).rsplit(":", 1)[-2:] if ":" in str(spec) else (spec, spec)
-        out[int(container.split("/")[0])] = int(host)
-    return out
+    return {container: host for _, host, container in _port_specs(service)}
 
 
 def test_compose_mounts_exist_in_the_repository():
@@ -256,4 +279,62 @@ def test_compose_images_are_pinned_to_tags(service):
     name, _, tag = image.rpartition(":")
     assert name and tag and "/" not in tag and tag != "latest", image
     if "tritonserver" in image:
-        assert tag == "24.10-py3"  # Triton 2.51, the version of the embedded server
+        # 25.07 (Triton 2.59) fixed CVE-2025-23310 (a chunked HTTP request crashes the server) and the
+        # python backend's shared-memory chain (CVE-2025-23319/23320/23334)
+        match = re.fullmatch(r"(\d{2})\.(\d{2})-py3", tag)
+        assert match and (int(match[1]), int(match[2])) >= (25, 7), image
+
+
+def test_compose_publishes_every_port_on_loopback_unless_asked():
+    compose = _compose()
+    published = [
+        (name, spec) for name, service in compose["services"].items() for spec in _port_specs(service)
+    ]
+    assert len(published) >= 5
+    for name, (address, _, _) in published:
+        assert address == "127.0.0.1", f"{name} publishes on {address}"
+    # the user opts in with SMR_BIND
+    for name, service in compose["services"].items():
+        for address, _, _ in _port_specs(service, {"SMR_BIND": "0.0.0.0"}):
+            assert address == "0.0.0.0", name
+
+
+def test_compose_has_no_prometheus_lifecycle_api():
+    assert "enable-lifecycle" not in COMPOSE.read_text()
+    for name, service in _compose()["services"].items():
+        assert not any("lifecycle" in str(arg) for arg in service.get("command", [])), name
+
+
+def test_compose_grafana_refuses_to_start_without_an_admin_password():
+    grafana = _compose()["services"]["grafana"]
+    environment = grafana["environment"]
+    password = environment["GF_SECURITY_ADMIN_PASSWORD"]
+    with pytest.raises(ValueError, match="GRAFANA_ADMIN_PASSWORD"):
+        interpolate(password, {})
+    assert interpolate(password, {"GRAFANA_ADMIN_PASSWORD": "s3cret-9f"}) == "s3cret-9f"
+    assert environment.get("GF_SECURITY_ADMIN_USER", "admin") == "admin"
+
+
+def test_compose_triton_restricts_the_admin_apis_with_a_required_key():
+    for name, service in _compose()["services"].items():
+        if "tritonserver" not in service["image"]:
+            continue
+        restricted = [a for a in service["command"] if "restricted" in a]
+        assert {a.split("=", 1)[0] for a in restricted} == {
+            "--grpc-restricted-protocol",
+            "--http-restricted-api",
+        }
+        for arg in restricted:
+            apis = arg.split("=", 1)[1].split(":", 1)[0].split(",")
+            assert set(apis) == {"shared-memory", "model-repository", "logging", "trace"}, name
+            with pytest.raises(ValueError, match="SMR_ADMIN_KEY"):
+                interpolate(arg, {})
+            assert interpolate(arg, {"SMR_ADMIN_KEY": "k"}).endswith(":smr-admin-key=k")
+
+
+def test_interpolation_follows_compose():
+    assert interpolate("${A:-1.2.3.4}:80:80", {}) == "1.2.3.4:80:80"
+    assert interpolate("${A:-1.2.3.4}:80:80", {"A": "::1"}) == "::1:80:80"
+    assert interpolate("x${A}y", {}) == "xy"
+    with pytest.raises(ValueError, match="A: needed"):
+        interpolate("${A:?needed}", {})

@@ -125,7 +125,15 @@ def test_rules_load_without_errors(prometheus):
 def test_every_metric_the_rules_and_dashboard_read_is_exposed(smr_server, prometheus):
     """Names that are neither recording rules nor Triton/SMR metrics of the real server would show nothing."""
     _traffic(smr_server, requests=2)
-    exposed = exposed_metric_names(scrape(smr_server.metrics_url)) | {"up"}
+    from prometheus_client import generate_latest
+
+    from smr.serving.supervisor import Supervisor
+
+    # Triton's metrics, and those of `smr serve`'s supervisor (its registry exists unstarted)
+    supervisor_text = generate_latest(Supervisor(smr_server).registry).decode()
+    exposed = (
+        exposed_metric_names(scrape(smr_server.metrics_url)) | exposed_metric_names(supervisor_text) | {"up"}
+    )
     recorded = recorded_names()
     doc = yaml.safe_load((PROMETHEUS_DIR / "rules.yml").read_text())
     exprs = [rule["expr"] for group in doc["groups"] for rule in group["rules"]]

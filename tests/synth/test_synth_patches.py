@@ -71,7 +71,8 @@ def test_manifest_lists_every_file_once_and_matches_folders(dataset):
 
 
 def test_every_class_present_at_the_requested_size(dataset):
-    assert load_spec(dataset / "lineages.toml") == PAPER_SPEC
+    spec = load_spec(dataset / "lineages.toml")
+    assert (spec.lineages, spec.other) == (PAPER_SPEC.lineages, PAPER_SPEC.other)
     folders = sorted(p.name for p in dataset.iterdir() if p.is_dir())
     assert folders == sorted(PAPER_SPEC.classes)
     for name in folders:
@@ -138,3 +139,14 @@ def test_bad_settings_are_named(settings, message, tmp_path):
     with pytest.raises(ValueError, match=message):
         write_patches(tmp_path / "x", settings)
     assert not any(tmp_path.iterdir())
+
+
+def test_the_spec_declares_the_scale_the_cells_were_drawn_at(dataset):
+    """A patch covers render.FIELD_UM micrometres (what the slide generator's cells are drawn at)."""
+    from smr.synth.render import FIELD_UM
+
+    spec = load_spec(dataset / "lineages.toml")
+    assert spec.microns_per_pixel == pytest.approx(FIELD_UM / SIZE)
+    import json
+
+    assert json.loads((dataset / "synth.json").read_text())["mpp"] == spec.microns_per_pixel

@@ -19,7 +19,7 @@ from smr.core.targets import make_targets
 from smr.data.folder import FolderDataset, load_image
 from smr.train import engine, losses, rundir
 from smr.train.config import LOSSES, MINERS, ConfigError, TrainConfig, default_alpha
-from smr.train.dataset import ClassBalancedBatchSampler, RandomRotation, normalize, train_transform
+from smr.train.dataset import BatchAugment, ClassBalancedBatchSampler, normalize
 
 # ----------------------------------------------------------------------------------------------
 # config
@@ -90,15 +90,43 @@ def test_sampler_is_repeatable_and_splits_batches_between_processes():
     assert list(one) != full
 
 
-def test_rotation_adds_no_empty_corners_and_transform_keeps_size():
-    torch.manual_seed(0)
-    flat = torch.full((3, 40, 40), 200, dtype=torch.uint8)
+def test_augment_adds_no_empty_corners_and_keeps_size():
+    flat = torch.full((4, 3, 40, 40), 200, dtype=torch.uint8)
+    augment = BatchAugment(crop_scale=(0.5, 1.0), generator=torch.Generator().manual_seed(0))
     for _ in range(5):
-        rotated = RandomRotation()(flat)
-        assert rotated.shape == flat.shape
-        assert int((rotated.int() - 200).abs().max()) <= 1  # reflect padding: no black corners
-    out = train_transform(32, crop_scale=(0.7, 1.0), rotation=True, flips=True)(flat)
-    assert out.shape == (3, 32, 32) and out.dtype == torch.uint8
+        out = augment(flat)
+        assert out.shape == flat.shape and out.dtype == torch.uint8
+        assert int((out.int() - 200).abs().max()) <= 1  # reflection padding: no black corners
+
+
+def test_augment_matches_a_naive_per_pixel_affine_map():
+    """Each output pixel samples the input where theta sends it (nearest pixel of a smooth image)."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:32, 0:32]
+    smooth = np.stack([xx * 4, yy * 4, (xx + yy) * 2]).astype(np.uint8)  # (3, 32, 32) ramps
+    batch = torch.from_numpy(np.stack([smooth] * 3))
+    augment = BatchAugment(crop_scale=(0.6, 0.9), generator=torch.Generator().manual_seed(3))
+    state = augment.generator.get_state()
+    theta = augment.matrices(3).numpy()
+    augment.generator.set_state(state)
+    out = augment(batch).numpy().astype(int)
+    for n in range(3):
+        for _ in range(20):
+            i, j = rng.integers(8, 24, size=2)  # central pixels: no reflection involved
+            u, v = (2 * j + 1) / 32 - 1, (2 * i + 1) / 32 - 1  # normalised output coordinates
+            x, y = theta[n] @ np.array([u, v, 1.0])
+            sx, sy = ((x + 1) * 32 - 1) / 2, ((y + 1) * 32 - 1) / 2  # input pixel coordinates
+            if 0 <= sx <= 31 and 0 <= sy <= 31:
+                expected = np.array([sx * 4, sy * 4, (sx + sy) * 2])
+                assert np.abs(out[n, :, i, j] - expected).max() <= 1.01
+
+
+def test_augment_is_repeatable_from_its_generator():
+    batch = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (2, 3, 24, 24), dtype=np.uint8))
+    a = BatchAugment(generator=torch.Generator().manual_seed(5))(batch)
+    b = BatchAugment(generator=torch.Generator().manual_seed(5))(batch)
+    c = BatchAugment(generator=torch.Generator().manual_seed(6))(batch)
+    assert torch.equal(a, b) and not torch.equal(a, c)
 
 
 def test_normalize_and_compute_embeddings_match_a_plain_forward():
