@@ -539,7 +539,7 @@ def test_servicemonitor_scrapes_like_prometheus_yml():
     prometheus = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
     # the operator names the job after the Service label jobLabel points to: the TritonDown alert's job
     job_name = service["metadata"]["labels"][monitor["spec"]["jobLabel"]]
-    (job,) = [j for j in prometheus["scrape_configs"] if j["job_name"] == job_name]  # Triton's, not smr serve's
+    (job,) = [j for j in prometheus["scrape_configs"] if j["job_name"] == job_name]  # Triton, not smr serve
     assert endpoint["interval"] == prometheus["global"]["scrape_interval"]
     assert endpoint["path"] == job["metrics_path"]
     alerts = [r["expr"] for g in rules_groups() for r in g["rules"] if r.get("alert") == "TritonDown"]
