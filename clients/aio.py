@@ -79,8 +79,13 @@ class AsyncSMRClient:
             max_message_bytes=max_message_bytes,
         )
         apply_request_settings(
-            self, batch_size, max_in_flight,
-            resize=resize, margin=margin, embeddings=embeddings, metrics=metrics,
+            self,
+            batch_size,
+            max_in_flight,
+            resize=resize,
+            margin=margin,
+            embeddings=embeddings,
+            metrics=metrics,
         )
         self._aio = aioclient
         self._grpc = aioclient.InferenceServerClient(**self.options.client_kwargs())

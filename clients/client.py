@@ -220,7 +220,6 @@ def batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
         yield chunk
 
 
-
 def apply_request_settings(
     client: Any,
     batch_size: int | None,
@@ -244,6 +243,7 @@ def apply_request_settings(
     client.margin = margin
     client.embeddings = embeddings
     client.metrics = metrics
+
 
 class SMRClient:
     """A blocking client of the ``smr`` ensemble; thread-safe.
@@ -301,8 +301,13 @@ class SMRClient:
             max_message_bytes=max_message_bytes,
         )
         apply_request_settings(
-            self, batch_size, max_in_flight,
-            resize=resize, margin=margin, embeddings=embeddings, metrics=metrics,
+            self,
+            batch_size,
+            max_in_flight,
+            resize=resize,
+            margin=margin,
+            embeddings=embeddings,
+            metrics=metrics,
         )
         self._grpc_module = grpcclient
         self._grpc = grpcclient.InferenceServerClient(**self.options.client_kwargs())

@@ -247,8 +247,9 @@ def run(args: argparse.Namespace) -> int:
     params = result.parameters
     scale = params.get("microns_per_pixel")
     print(
-        f"model scale: {float(scale):.4g} µm/px at the network input" if scale else
-        "model scale: unknown (the data set's lineages.toml has no [imaging] microns_per_pixel); "
+        f"model scale: {float(scale):.4g} µm/px at the network input"
+        if scale
+        else "model scale: unknown (the data set's lineages.toml has no [imaging] microns_per_pixel); "
         "score-slide will need --mpp"
     )
     return 0

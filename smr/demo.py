@@ -130,8 +130,19 @@ def _run(args: argparse.Namespace) -> int:
     training = {**synth, "epochs": args.epochs, "alpha": args.alpha, "warmup": args.warmup_epochs}
     t0 = _step(f"1/5 synthetic marrow: {args.cells} patches of {args.image_size} px -> {data}")
     if args.fresh or not _reusable(out, "synth", synth, _patches_complete(data)):
-        _smr(["synth", data, "--n-cells", args.cells, "--size", args.image_size, "--seed", args.seed,
-              "--overwrite"])
+        _smr(
+            [
+                "synth",
+                data,
+                "--n-cells",
+                args.cells,
+                "--size",
+                args.image_size,
+                "--seed",
+                args.seed,
+                "--overwrite",
+            ]
+        )
         _record(out, "synth", synth)
     _done(t0, "patches ready")
 
@@ -140,10 +151,38 @@ def _run(args: argparse.Namespace) -> int:
         f"{args.warmup_epochs} warm-up epochs) -> {run_dir}"
     )
     if args.fresh or not _reusable(out, "train", training, _run_complete(run_dir)):
-        _smr(["train", data, "--out", run_dir, "--overwrite", "--image-size", args.image_size,
-              "--epochs", args.epochs, "--loss", "normal", "--curve", "linear", "--targets", "uniform",
-              "--alpha", args.alpha, "--smr-warmup-epochs", args.warmup_epochs, "--batch-size", 32,
-              "--lr", 5e-4, "--workers", 0, "--seed", args.seed, "--no-progress"])
+        _smr(
+            [
+                "train",
+                data,
+                "--out",
+                run_dir,
+                "--overwrite",
+                "--image-size",
+                args.image_size,
+                "--epochs",
+                args.epochs,
+                "--loss",
+                "normal",
+                "--curve",
+                "linear",
+                "--targets",
+                "uniform",
+                "--alpha",
+                args.alpha,
+                "--smr-warmup-epochs",
+                args.warmup_epochs,
+                "--batch-size",
+                32,
+                "--lr",
+                5e-4,
+                "--workers",
+                0,
+                "--seed",
+                args.seed,
+                "--no-progress",
+            ]
+        )
         _record(out, "train", training)
     _done(t0, "run directory written")
 
@@ -165,8 +204,20 @@ def _run(args: argparse.Namespace) -> int:
     # from the data set's lineages.toml) and reads the slide's own resolution from the TIFF
     with TritonProcess(repo) as server:
         print(f"   tritonserver ready: gRPC {server.grpc_url}, metrics {server.metrics_url}")
-        _smr(["score-slide", slide_dir / "slide.tiff", "--detections", slide_dir / "detections.csv",
-              "--url", server.grpc_url, "--out", scored, "--overwrite", "--no-progress"])
+        _smr(
+            [
+                "score-slide",
+                slide_dir / "slide.tiff",
+                "--detections",
+                slide_dir / "detections.csv",
+                "--url",
+                server.grpc_url,
+                "--out",
+                scored,
+                "--overwrite",
+                "--no-progress",
+            ]
+        )
     _done(t0, "slide scored")
 
     print("\n(the 'reference' columns above are the slide's ground truth)")

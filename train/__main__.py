@@ -1,6 +1,6 @@
 """``python -m smr.train DATA --out RUN [options]``: the same as ``smr train``, for ``torchrun``.
 
-    torchrun --nproc_per_node=2 -m smr.train DATA --out RUN --device cpu
+torchrun --nproc_per_node=2 -m smr.train DATA --out RUN --device cpu
 """
 
 from __future__ import annotations

@@ -76,9 +76,7 @@ def load_backbone_weights(model: SMRNet, weights: str | Path) -> None:
         log.warning("%s: ignored %d unexpected tensors", weights, len(unexpected))
 
 
-def smr_net(
-    *, embedding_dim: int = 256, dropout: float = 0.05, weights: str | Path | None = None
-) -> SMRNet:
+def smr_net(*, embedding_dim: int = 256, dropout: float = 0.05, weights: str | Path | None = None) -> SMRNet:
     """Build the SMR network.
 
     Args:

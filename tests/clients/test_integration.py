@@ -488,5 +488,6 @@ def test_classify_skips_and_lists_damaged_images(clients_server, synthetic_slide
     )
     skipped = [line for line in err if line.startswith("skipped ")]
     assert [line.split(": ")[0] for line in skipped] == [
-        f"skipped {folder / 'cell-1b.png'}", f"skipped {folder / 'notes.png'}"
+        f"skipped {folder / 'cell-1b.png'}",
+        f"skipped {folder / 'notes.png'}",
     ]

@@ -123,7 +123,8 @@ def test_scale_and_provenance_are_read_and_unknown_ones_stay_unknown():
     bare = model_info_from_config(config_json())
     assert bare.microns_per_pixel is None and bare.field_of_view_um is None
     assert provenance(bare, None) == {
-        **dict.fromkeys(PROVENANCE_KEYS), "notice": "for research use, not for diagnosis"
+        **dict.fromkeys(PROVENANCE_KEYS),
+        "notice": "for research use, not for diagnosis",
     }
 
 

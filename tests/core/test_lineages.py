@@ -228,9 +228,10 @@ def test_specs_in_docs_are_valid():
 
 def test_imaging_scale_is_read_and_round_trips(tmp_path):
     spec = load_spec(_write(tmp_path, GOOD + "\n[imaging]\nmicrons_per_pixel = 0.53125\n"))
-    assert spec.microns_per_pixel == tomllib.loads(GOOD + "[imaging]\nmicrons_per_pixel = 0.53125\n")[
-        "imaging"
-    ]["microns_per_pixel"]
+    assert (
+        spec.microns_per_pixel
+        == tomllib.loads(GOOD + "[imaging]\nmicrons_per_pixel = 0.53125\n")["imaging"]["microns_per_pixel"]
+    )
     assert parse_spec(spec.to_toml()) == spec
     assert LineageSpec.from_dict(spec.to_dict()) == spec
     assert spec.to_dict()["imaging"] == {"microns_per_pixel": 0.53125}
