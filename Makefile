@@ -4,9 +4,10 @@ PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.smr-installed
+LINKED := $(VENV)/.smr-linked
 DEMO_DIR ?= demo-output
 
-.PHONY: all venv test lint demo clean system-deps
+.PHONY: all venv test lint typecheck demo clean system-deps
 
 all: test
 
@@ -15,12 +16,21 @@ $(PY):
 
 $(STAMP): pyproject.toml requirements/constraints.txt | $(PY)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
-	$(PY) -m pip install -q -c requirements/constraints.txt -e '.[dev]'
+	$(PY) -m pip install -q -c requirements/constraints.txt -e '.[dev]' --config-settings editable_mode=strict
 	# The embedded Triton server; its own Python package pins numpy<2, which SMR does not need.
 	$(PY) -m pip install -q --no-deps 'nvidia-pytriton>=0.5.13'
 	touch $(STAMP)
 
-venv: $(STAMP)
+# The strict editable install links every module file into build/__editable__.*/smr/ (train/*.py as
+# smr/train/*.py, ...), a folder that editors and type checkers can read; they cannot follow the
+# import hook of pip's default editable mode. A module added or removed changes its folder's time:
+# link again (no download, a few seconds).
+PACKAGE_DIRS := smr smr/core smr/data smr/synth train export serving serving/triton_models clients
+$(LINKED): $(STAMP) $(PACKAGE_DIRS)
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e . --config-settings editable_mode=strict
+	touch $(LINKED)
+
+venv: $(LINKED)
 
 # Debian's Prometheus (monitoring integration tests) and Chromium (the report's rendering test),
 # installed only when missing.
@@ -33,14 +43,20 @@ system-deps:
 	  || echo "warning: could not install$$missing; the tests that need them will fail"; \
 	fi
 
-lint: $(STAMP)
+lint: $(LINKED)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
-test: $(STAMP) system-deps lint
+# smr.core and the client's public API; settings in pyproject.toml's [tool.mypy]
+MYPY_TARGETS := smr/core clients/client.py clients/aio.py clients/results.py clients/model_info.py
+typecheck: $(LINKED)
+	$(VENV)/bin/mypy $(MYPY_TARGETS)
+
+test: $(LINKED) system-deps lint typecheck
 	$(VENV)/bin/pytest
 
-demo: $(STAMP)
+demo: $(LINKED)
 	$(PY) -m smr demo --out $(DEMO_DIR)
 
 clean:
-	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .ruff_cache .mypy_cache build/__editable__*

@@ -1,6 +1,6 @@
 """Do synthetic patches have the colours and proportions of real ones? Numbers for docs/synthetic.md.
 
-    python benchmarks/synth_vs_pbc.py ../shared/data/pbc-dev       # 12 patches per class at 128 px
+    python benchmarks/synth_vs_pbc.py PBC_DEV                     # 12 patches per class at 128 px
 
 Per PBC class and its synthetic counterpart: the fraction of dark (nuclear) pixels and their mean
 colour; over all patches: background and red-cell colours (pixels by brightness band).

@@ -14,7 +14,7 @@ normalisation, forward, SMR loss, backward, AdamW step) of class-balanced batche
 images/s and the share of a step spent outside forward/backward/step. It also times decoding the
 images once against opening the cache. The CPU's flags are printed with the figures.
 
-    python benchmarks/train_data_path.py ../shared/data/pbc-train --sizes 96 128 --steps 6
+    python benchmarks/train_data_path.py PBC_TRAIN --sizes 96 128 --steps 6
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ def _run(images, labels, spec, size: int, mode: str, args) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("data", help="folder data set (e.g. ../shared/data/pbc-train)")
+    p.add_argument("data", help="folder data set (e.g. a PBC subset)")
     p.add_argument("--sizes", type=int, nargs="+", default=[96, 128], help="image sizes (default: 96 128)")
     p.add_argument("--images", type=int, default=640, help="images taken from the data set (default: 640)")
     p.add_argument("--batch-size", type=int, default=64, help="images per step (default: 64)")

@@ -17,39 +17,41 @@ from typing import Any
 import numpy as np
 
 from .client import (
-    DEADLINE,
     DEFAULT_URL,
     INPUT,
     MAX_MESSAGE_BYTES,
-    UNAVAILABLE,
     ConnectionOptions,
+    RequestSettings,
     apply_request_settings,
+    check_urls,
+    new_attempts,
     parse_outputs,
-    request_error,
     requested_output_names,
-    status_of,
-    unavailable_error,
+    retry_delay_or_raise,
 )
+from .endpoints import EndpointPool
 from .errors import ModelConfigError
 from .images import stack_images
 from .metrics import ClientMetrics
 from .model_info import ModelInfo, model_info_from_config
 from .results import DEFAULT_MARGIN, BatchOutputs, CellResult, cells_from_outputs
+from .retry import DEFAULT_BACKOFF, DEFAULT_RETRIES, RETRY_BUDGET
 
 __all__ = ["AsyncSMRClient"]
 
 
-class AsyncSMRClient:
+class AsyncSMRClient(RequestSettings):
     """An asyncio client of the ``smr`` ensemble; arguments as for :class:`~smr.clients.client.SMRClient`."""
 
     def __init__(
         self,
-        url: str = DEFAULT_URL,
+        url: str | Sequence[str] = DEFAULT_URL,
         *,
         model: str = "smr",
         timeout: float = 120.0,
-        retries: int = 4,
-        backoff: float = 0.5,
+        retries: int = DEFAULT_RETRIES,
+        backoff: float = DEFAULT_BACKOFF,
+        retry_budget: float = RETRY_BUDGET,
         ssl: bool = False,
         root_certificates: str | None = None,
         private_key: str | None = None,
@@ -66,11 +68,12 @@ class AsyncSMRClient:
         import tritonclient.grpc.aio as aioclient
 
         self.options = ConnectionOptions(
-            url=url,
+            url=",".join(check_urls(url)),
             model=model,
             timeout=timeout,
             retries=retries,
             backoff=backoff,
+            retry_budget=retry_budget,
             ssl=ssl,
             root_certificates=root_certificates,
             private_key=private_key,
@@ -88,39 +91,40 @@ class AsyncSMRClient:
             metrics=metrics,
         )
         self._aio = aioclient
-        self._grpc = aioclient.InferenceServerClient(**self.options.client_kwargs())
+        self._pool = EndpointPool(
+            self.options.urls,
+            lambda url: aioclient.InferenceServerClient(**self.options.client_kwargs(url)),
+        )
         self._info: ModelInfo | None = None
         self._server_version: str | None = None
         self._outputs: list | None = None  # known once the server's config is (see infer)
+        self._clock, self._sleep = time.monotonic, asyncio.sleep  # of the retries; replaced by tests
 
-    async def _with_retries(self, call: Callable[[], Awaitable[Any]], what: str) -> Any:
+    async def _with_retries(
+        self, call: Callable[[Any], Awaitable[Any]], what: str, *, inference: bool = False
+    ) -> Any:
+        """``await call(grpc_client)`` on the endpoints in turn, as :meth:`SMRClient._with_retries`."""
         from tritonclient.utils import InferenceServerException
 
-        attempts = 0
+        attempts = new_attempts(self, inference=inference)
         while True:
-            attempts += 1
+            endpoint = attempts.start()
             try:
-                return await call()
+                result = await call(endpoint.handle)
             except InferenceServerException as exc:
-                status = status_of(exc)
-                if status == UNAVAILABLE and attempts <= self.options.retries:
-                    if self.metrics is not None:
-                        self.metrics.retries.inc()
-                    await asyncio.sleep(self.options.backoff_delay(attempts - 1))
-                    continue
-                if self.metrics is not None:
-                    self.metrics.request_errors.labels(
-                        status=status.replace("StatusCode.", "") or "UNKNOWN"
-                    ).inc()
-                if status in (UNAVAILABLE, DEADLINE):
-                    raise unavailable_error(self.options, exc, attempts) from None
-                raise request_error(self.options, exc, what) from None
+                await self._sleep(retry_delay_or_raise(self.options, attempts, exc, what, self.metrics))
+                continue
+            except BaseException:
+                attempts.abandoned()
+                raise
+            attempts.succeeded()
+            return result
 
     async def get_info(self) -> ModelInfo:
         """Classes, lineages, image size and batch limit, fetched from the server on first use."""
         if self._info is None:
             config = await self._with_retries(
-                lambda: self._grpc.get_model_config(
+                lambda grpc: grpc.get_model_config(
                     self.options.model, as_json=True, client_timeout=self.options.timeout
                 ),
                 f"the configuration of model {self.options.model!r}",
@@ -135,7 +139,7 @@ class AsyncSMRClient:
         """The server's version from its metadata (Triton's), fetched once."""
         if self._server_version is None:
             meta = await self._with_retries(
-                lambda: self._grpc.get_server_metadata(as_json=True, client_timeout=self.options.timeout),
+                lambda grpc: grpc.get_server_metadata(as_json=True, client_timeout=self.options.timeout),
                 "its metadata",
             )
             self._server_version = str(meta.get("version", ""))
@@ -159,7 +163,7 @@ class AsyncSMRClient:
         inp.set_data_from_numpy(np.ascontiguousarray(batch, dtype=np.uint8))
         start = time.perf_counter()
         result = await self._with_retries(
-            lambda: self._grpc.infer(
+            lambda grpc: grpc.infer(
                 self.options.model,
                 [inp],
                 outputs=outputs,
@@ -167,6 +171,7 @@ class AsyncSMRClient:
                 compression_algorithm=self.options.grpc_compression,
             ),
             f"a batch of {n} images",
+            inference=True,
         )
         if self.metrics is not None:
             self.metrics.request_latency.observe(time.perf_counter() - start)
@@ -200,7 +205,8 @@ class AsyncSMRClient:
         return cells_from_outputs(info, BatchOutputs.concatenate(list(parts)), margin=self.margin)
 
     async def close(self) -> None:
-        await self._grpc.close()
+        for endpoint in self._pool.endpoints:
+            await endpoint.handle.close()
 
     async def __aenter__(self) -> AsyncSMRClient:
         return self

@@ -28,6 +28,8 @@ from .errors import InputError, SMRClientError
 from .model_info import ModelInfo
 from .scoring import SlideScore
 from .slides import PLAIN_IMAGE_SUFFIXES
+from .summary import count_row
+from .summary_html import write_summary_html
 
 __all__ = [
     "SlideJob",
@@ -78,10 +80,14 @@ class JobOutcome:
 
 
 def _detections_for(slide: Path, folder_default: bool) -> Path | None:
+    """The slide's detections file: ``<stem>.detections.*``, then (alone in its folder)
+    ``detections.*``, then ``<stem>.*`` (so that a scanner's or generator's ``<stem>.json`` of
+    metadata beside a ``detections.csv`` is not taken for the detections)."""
     stem = slide.name[: -len(slide.suffix)] if slide.suffix else slide.name
-    names = [f"{stem}{s}" for s in DETECTION_SUFFIXES] + [f"{stem}.detections{s}" for s in DETECTION_SUFFIXES]
+    names = [f"{stem}.detections{s}" for s in DETECTION_SUFFIXES]
     if folder_default:
         names += [f"detections{s}" for s in DETECTION_SUFFIXES]
+    names += [f"{stem}{s}" for s in DETECTION_SUFFIXES]
     for name in names:
         candidate = slide.parent / name
         if candidate.is_file() and candidate != slide:
@@ -203,8 +209,7 @@ def summary_rows(outcomes: Sequence[JobOutcome], info: ModelInfo) -> list[dict[s
                 cells=c.total,
                 outside=len(o.score.outside_ids),
                 borderline=c.borderline,
-                me_ratio="" if c.me_ratio is None else round(c.me_ratio, 3),
-                blast_pct="" if c.blast_percentage is None else round(c.blast_percentage, 2),
+                **count_row(c),
                 low_count=c.low_count,
                 report=str(o.score.paths.get("report", "")),
             )
@@ -219,7 +224,7 @@ def summary_rows(outcomes: Sequence[JobOutcome], info: ModelInfo) -> list[dict[s
 
 
 def write_summary(out_dir: Path, rows: list[dict[str, Any]]) -> tuple[Path, Path]:
-    """``summary.csv`` (one row per slide) and ``summary.json``, atomically."""
+    """``summary.csv`` (one row per slide) and ``summary.json``, atomically, and ``summary.html``."""
     import io
 
     fields: list[str] = []
@@ -231,4 +236,5 @@ def write_summary(out_dir: Path, rows: list[dict[str, Any]]) -> tuple[Path, Path
     writer.writerows(rows)
     csv_path = atomic_write_text(out_dir / SUMMARY_CSV, buf.getvalue())
     json_path = atomic_write_text(out_dir / SUMMARY_JSON, json.dumps(rows, indent=2) + "\n")
+    write_summary_html(out_dir, rows)
     return csv_path, json_path

@@ -6,12 +6,15 @@ import argparse
 import math
 import os
 import sys
+from functools import partial
 from pathlib import Path
 
+from smr.clients.retry import DEFAULT_RETRIES, RETRY_BUDGET
 from smr.core.lineages import MPP_RANGE
 
+from .defaults import DEFAULT_FLAGGED, DEFAULT_MARGIN, DEFAULT_PER_CLASS
+
 DEFAULT_URL = os.environ.get("SMR_URL", "127.0.0.1:8001")
-DEFAULT_MARGIN = 0.03  # kept equal to smr.clients.results.DEFAULT_MARGIN (imported lazily there)
 COMPRESSIONS = ("none", "gzip", "deflate")
 
 
@@ -42,7 +45,7 @@ def _bounded(kind: type, lo: float, hi: float, what: str, *, open_low: bool = Fa
 
 
 _positive_int = _bounded(int, 1, 4096, "a count")
-_margin = _bounded(float, 0.0, 0.5, "the margin")
+_margin = _bounded(float, 0.0, 1.0, "an SVM probability margin")
 _port = _bounded(int, 1, 65535, "a TCP port")
 _timeout = _bounded(float, 0.0, 86400.0, "seconds", open_low=True)
 _retries = _bounded(int, 0, 100, "retries")
@@ -54,12 +57,13 @@ _mpp = _bounded(float, MPP_RANGE[0], MPP_RANGE[1], "microns per pixel")
 
 
 def _url(text: str) -> str:
-    from smr.clients.client import check_url
+    """One ``HOST:PORT`` or several, comma-separated: the client spreads its requests over them."""
+    from smr.clients.client import check_urls
 
     try:
-        return check_url(text)
+        return ",".join(check_urls(text))
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc).removeprefix(f"--url {text}: ")) from None
+        raise argparse.ArgumentTypeError(str(exc).split(": ", 1)[-1]) from None
 
 
 def _add_server_args(p: argparse.ArgumentParser, *, metrics: bool = True) -> None:
@@ -68,9 +72,11 @@ def _add_server_args(p: argparse.ArgumentParser, *, metrics: bool = True) -> Non
         "--url",
         type=_url,
         default=DEFAULT_URL,
-        metavar="HOST:PORT",
+        metavar="HOST:PORT[,HOST:PORT...]",
         help="gRPC address of the SMR server, no scheme (default: $SMR_URL or %(default)s; Triton serves "
-        "gRPC on 8001, HTTP on 8000)",
+        "gRPC on 8001, HTTP on 8000); several servers of the same repository comma-separated: each batch "
+        "goes to the one with the fewest requests outstanding, and to another when one fails (--max-in-"
+        "flight counts the requests to all of them)",
     )
     g.add_argument("--model", default="smr", help="name of the ensemble (default: %(default)s)")
     g.add_argument(
@@ -83,9 +89,10 @@ def _add_server_args(p: argparse.ArgumentParser, *, metrics: bool = True) -> Non
     g.add_argument(
         "--retries",
         type=_retries,
-        default=4,
+        default=DEFAULT_RETRIES,
         metavar="N",
-        help="retries with exponential back-off while the server is unavailable (default: %(default)s)",
+        help="most retries of a request, with exponential back-off, while the server is unavailable or "
+        f"restarting; they stop {RETRY_BUDGET:g} s after its first attempt (default: %(default)s)",
     )
     g.add_argument(
         "--batch-size",
@@ -119,7 +126,8 @@ def _add_server_args(p: argparse.ArgumentParser, *, metrics: bool = True) -> Non
         type=_margin,
         default=DEFAULT_MARGIN,
         metavar="T",
-        help="a cell within T (curve position) of a stage boundary is borderline (default: %(default)s)",
+        help="flag a cell for review when its two most probable classes differ by less than T in SVM "
+        "probability (0..1; default: %(default)s)",
     )
     if metrics:
         g.add_argument(
@@ -160,9 +168,16 @@ def _add_output_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--gallery",
         type=_gallery,
-        default=36,
+        default=DEFAULT_FLAGGED,
         metavar="N",
-        help="borderline cells shown in the report (default: %(default)s)",
+        help="cells flagged for review shown in the report, least confident first (default: %(default)s)",
+    )
+    p.add_argument(
+        "--per-class",
+        type=_gallery,
+        default=DEFAULT_PER_CLASS,
+        metavar="N",
+        help="cells shown in each class's gallery, least confident first (default: %(default)s)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -224,6 +239,15 @@ def add_parsers(subparsers) -> None:
         default=2,
         metavar="N",
         help="slides scored at once (default: %(default)s)",
+    )
+    slides.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        metavar="ADDRESS",
+        help="score the slides as Ray tasks, one per slide (needs `pip install 'smr[ray]'`): on the cluster "
+        "at ADDRESS ('auto', ray://HOST:10001), or on a local one started for the run when no address "
+        "is given; --out and the slides must be on a filesystem every node shares (docs/scaling.md)",
     )
     _add_geometry_args(slides)
     _add_output_args(slides)
@@ -374,17 +398,14 @@ def format_provenance(prov) -> str:
 
 
 def _print_slide_summary(score) -> None:
-    from smr.clients.summary import format_count
+    from smr.clients.summary import format_count, headline
 
     print(format_count(score.count, score.reference))
     print(format_provenance(score.provenance))
     c = score.count
-    me = "n/a" if c.me_ratio is None else f"{c.me_ratio:.2f}"
-    blasts = "n/a" if c.blast_percentage is None else f"{c.blast_percentage:.1f} %"
-    print(
-        f"{score.slide.name}: {c.total} cells scored, {len(score.outside_ids)} outside the slide, "
-        f"M:E {me}, blasts {blasts}, {c.borderline} borderline"
-    )
+    print(f"{score.slide.name}: {headline(c)}; {len(score.outside_ids)} detections outside the slide")
+    if score.review is not None:
+        print(f"review against the detections' labels: {score.review.line()}")
     if c.low_count:
         print(
             f"warning: only {c.total} cells counted (fewer than 500); the differential count is weak",
@@ -410,6 +431,7 @@ def run_score_slide(args: argparse.Namespace) -> int:
                 restart=args.restart,
                 progress=not args.no_progress,
                 gallery=args.gallery,
+                per_class=args.per_class,
                 title=args.title,
             )
     except InputError as exc:
@@ -455,20 +477,19 @@ def run_score_slides(args: argparse.Namespace) -> int:
             client.close()
         return _fail("score-slides", str(exc), 2 if isinstance(exc, InputError) else 1)
     out.mkdir(parents=True, exist_ok=True)
-    per_slide_bars = args.parallel == 1 and not args.no_progress
+    per_slide_bars = args.parallel == 1 and not args.no_progress and args.ray is None
+    options = {  # score_slide's, for each slide (also in Ray tasks)
+        "mpp": args.mpp,
+        "level": args.level,
+        "slide_mpp": args.slide_mpp,
+        "restart": args.restart,
+        "gallery": args.gallery,
+        "per_class": args.per_class,
+    }
 
     def score(job):
         return score_slide(
-            job.slide,
-            job.detections,
-            out / job.name,
-            client,
-            mpp=args.mpp,
-            level=args.level,
-            slide_mpp=args.slide_mpp,
-            restart=args.restart,
-            progress=per_slide_bars,
-            gallery=args.gallery,
+            job.slide, job.detections, out / job.name, client, progress=per_slide_bars, **options
         )
 
     bar = None
@@ -485,7 +506,16 @@ def run_score_slides(args: argparse.Namespace) -> int:
             (bar.write if bar is not None else print)(msg, file=sys.stderr)
 
     try:
-        outcomes = run_jobs(jobs, score, parallel=args.parallel, on_done=done)
+        if args.ray is not None:  # one Ray task per slide, each with its own client and journal
+            from smr.clients.distributed import run_jobs_on_ray
+
+            task_args = argparse.Namespace(**{**vars(args), "metrics_port": None})
+            outcomes = run_jobs_on_ray(jobs, out, partial(make_client, task_args), options,
+                                       address=args.ray, on_done=done)  # fmt: skip
+        else:
+            outcomes = run_jobs(jobs, score, parallel=args.parallel, on_done=done)
+    except InputError as exc:
+        return _fail("score-slides", str(exc))
     finally:
         if bar is not None:
             bar.close()

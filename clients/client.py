@@ -3,14 +3,14 @@
 The client learns everything from the server (classes, lineages and their stage boundaries, image
 size, the largest batch), splits any number of images into batches no larger than the server
 allows, keeps several requests in flight (threads around blocking gRPC calls, which release the
-GIL), retries with exponential back-off while the server is UNAVAILABLE, and returns typed
+GIL), retries with exponential back-off while the server is unavailable or restarting (see
+:mod:`.retry`), and returns typed
 :class:`~smr.clients.results.CellResult` objects in input order.
 """
 
 from __future__ import annotations
 
 import itertools
-import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -20,11 +20,24 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from .endpoints import EndpointPool, RequestAttempts
 from .errors import ModelConfigError, ServerRequestError, ServerUnavailableError
 from .images import stack_images
 from .metrics import ClientMetrics
 from .model_info import ModelInfo, model_info_from_config
 from .results import DEFAULT_MARGIN, BatchOutputs, CellResult, cells_from_outputs
+from .retry import (
+    DEADLINE,
+    DEFAULT_BACKOFF,
+    DEFAULT_MAX_BACKOFF,
+    DEFAULT_RETRIES,
+    RETRY_BUDGET,
+    RetryBudget,
+    backoff_delay,
+    is_stub_unhealthy,
+    message_of,
+    status_of,
+)
 
 __all__ = [
     "SMRClient",
@@ -33,6 +46,7 @@ __all__ = [
     "DEFAULT_URL",
     "OUTPUTS",
     "check_url",
+    "check_urls",
     "parse_outputs",
 ]
 
@@ -46,8 +60,6 @@ OUTPUTS = ("PROBABILITIES", "CLASS_ID", "MATURITY", "CURVE_DISTANCE")
 EMBEDDING_OUTPUT = "EMBEDDING"
 INPUT = "IMAGE"
 
-UNAVAILABLE = "StatusCode.UNAVAILABLE"
-DEADLINE = "StatusCode.DEADLINE_EXCEEDED"
 #: Triton's default ports: HTTP/REST, which SMR clients do not speak, and gRPC, which they do.
 TRITON_HTTP_PORT, TRITON_GRPC_PORT = 8000, 8001
 # what gRPC says when the address answers, but not with HTTP/2 (e.g. Triton's HTTP/1.1 port)
@@ -68,6 +80,19 @@ def check_url(url: str) -> str:
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"--url {url}: expected HOST:PORT, e.g. 127.0.0.1:{TRITON_GRPC_PORT}")
     return text
+
+
+def check_urls(urls: str | Sequence[str]) -> tuple[str, ...]:
+    """The endpoints of ``urls``: comma-separated ``HOST:PORT``s (or a sequence of them), each checked,
+    none twice; ``ValueError`` otherwise."""
+    parts = urls.split(",") if isinstance(urls, str) else list(urls)
+    checked = tuple(check_url(u) for u in (p.strip() for p in parts) if u)
+    if not checked:
+        raise ValueError(f"--url {urls!r}: no endpoint given; expected HOST:PORT[,HOST:PORT...]")
+    twice = sorted({u for u in checked if checked.count(u) > 1})
+    if twice:
+        raise ValueError(f"--url {','.join(checked)}: {', '.join(twice)} given more than once")
+    return checked
 
 
 def _port_of(url: str) -> int | None:
@@ -94,14 +119,17 @@ def http_port_hint(url: str, detail: str = "") -> str:
 
 @dataclass(frozen=True)
 class ConnectionOptions:
-    """How to reach the server; shared by :class:`SMRClient` and the asyncio client."""
+    """How to reach the server(s); shared by :class:`SMRClient` and the asyncio client.
 
-    url: str = DEFAULT_URL
+    ``url`` is one ``HOST:PORT`` or several, comma-separated (see :mod:`.endpoints`)."""
+
+    url: str = DEFAULT_URL  # one HOST:PORT or several, comma-separated (a sequence: join it with check_urls)
     model: str = "smr"
     timeout: float = 120.0  # seconds per request (a whole batch)
-    retries: int = 4  # extra attempts while the server is UNAVAILABLE
-    backoff: float = 0.5  # first back-off in seconds; doubles per retry, capped at max_backoff
-    max_backoff: float = 8.0
+    retries: int = DEFAULT_RETRIES  # most extra attempts while the server is unavailable (retry.py)
+    backoff: float = DEFAULT_BACKOFF  # first back-off in seconds; doubles per retry, capped at max_backoff
+    max_backoff: float = DEFAULT_MAX_BACKOFF
+    retry_budget: float = RETRY_BUDGET  # seconds from a request's first attempt during which it is retried
     ssl: bool = False
     root_certificates: str | None = None  # PEM file; None: the system's roots
     private_key: str | None = None  # PEM file for client-certificate (mutual) TLS
@@ -110,19 +138,25 @@ class ConnectionOptions:
     max_message_bytes: int = MAX_MESSAGE_BYTES
 
     def __post_init__(self) -> None:
-        check_url(self.url)
+        object.__setattr__(self, "url", ",".join(check_urls(self.url)))
         if self.compression not in (None, *COMPRESSIONS):
             raise ValueError(f"unknown compression {self.compression!r}; valid: {', '.join(COMPRESSIONS)}")
         if self.timeout <= 0:
             raise ValueError(f"timeout must be > 0 seconds, got {self.timeout}")
         if self.retries < 0:
             raise ValueError(f"retries must be >= 0, got {self.retries}")
+        if self.retry_budget < 0:
+            raise ValueError(f"retry_budget must be >= 0 seconds, got {self.retry_budget}")
         if not 0 < self.max_message_bytes <= MAX_MESSAGE_BYTES:
             raise ValueError(f"max_message_bytes must be in 1..{MAX_MESSAGE_BYTES}")
         if (self.private_key is None) != (self.certificate_chain is None):
             raise ValueError("client-certificate TLS needs both private_key and certificate_chain")
         if not self.ssl and (self.root_certificates or self.private_key):
             raise ValueError("TLS files given but ssl is off; pass ssl=True (--ssl)")
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        return tuple(self.url.split(","))
 
     @property
     def grpc_compression(self) -> str | None:
@@ -136,10 +170,11 @@ class ConnectionOptions:
             ("grpc.keepalive_timeout_ms", 20000),
         ]
 
-    def client_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``tritonclient.grpc[.aio].InferenceServerClient``."""
+    def client_kwargs(self, url: str | None = None) -> dict[str, Any]:
+        """Keyword arguments for ``tritonclient.grpc[.aio].InferenceServerClient`` of endpoint ``url``
+        (default: the first)."""
         return {
-            "url": self.url,
+            "url": url or self.urls[0],
             "ssl": self.ssl,
             "root_certificates": self.root_certificates,
             "private_key": self.private_key,
@@ -149,40 +184,94 @@ class ConnectionOptions:
 
     def backoff_delay(self, attempt: int) -> float:
         """Seconds to wait before retry number ``attempt`` (0-based): exponential with +-25 % jitter."""
-        base = min(self.max_backoff, self.backoff * 2**attempt)
-        return base * random.uniform(0.75, 1.25)
+        return backoff_delay(attempt, self.backoff, self.max_backoff)
 
-
-def status_of(exc: BaseException) -> str:
-    """The gRPC status string of a tritonclient exception ("StatusCode.UNAVAILABLE", ...), or ""."""
-    status = getattr(exc, "status", None)
-    value = status() if callable(status) else status
-    return str(value or "")
+    def retry_state(self, clock: Callable[[], float] = time.monotonic) -> RetryBudget:
+        """The retries one request may make (a fresh budget per request)."""
+        return RetryBudget(
+            retries=self.retries,
+            budget=self.retry_budget,
+            backoff=self.backoff,
+            max_backoff=self.max_backoff,
+            clock=clock,
+        )
 
 
 def unavailable_error(
-    options: ConnectionOptions, exc: BaseException, attempts: int
+    options: ConnectionOptions,
+    exc: BaseException,
+    attempts: int,
+    seconds: float | None = None,
+    url: str | None = None,
 ) -> ServerUnavailableError:
     if status_of(exc) == DEADLINE:
         return ServerUnavailableError(
             f"SMR server at {options.url} did not answer within {options.timeout:g} s; raise the timeout "
             "(--timeout) or lower the batch size (--batch-size)"
         )
-    detail = exc.message() if callable(getattr(exc, "message", None)) else str(exc)
-    hint = http_port_hint(options.url, detail)
+    detail = message_of(exc)
+    spent = "" if seconds is None else f" in {seconds:.1f} s"
+    if is_stub_unhealthy(detail):
+        hint = (
+            "; a python stub of the server died and the server was not restarted in time (`smr serve` "
+            "restarts it by itself within seconds; a plain tritonserver must be restarted by hand)"
+        )
+    else:
+        hint = http_port_hint(url or options.url, detail) or "; is it running? (start one with `smr serve`)"
     return ServerUnavailableError(
         f"SMR server at {options.url} is unavailable ({detail.strip() or 'no answer'}) after {attempts} "
-        f"attempt(s)" + (hint or "; is it running? (start one with `smr serve`)")
+        f"attempt(s){spent}" + hint
     )
 
 
-def request_error(options: ConnectionOptions, exc: BaseException, what: str) -> ServerRequestError:
-    detail = exc.message() if callable(getattr(exc, "message", None)) else str(exc)
+def request_error(
+    options: ConnectionOptions, exc: BaseException, what: str, url: str | None = None
+) -> ServerRequestError:
+    url = url or options.url
+    detail = message_of(exc)
     status = status_of(exc).replace("StatusCode.", "") or "error"
     return ServerRequestError(
-        f"SMR server at {options.url} refused {what}: {status}: {detail}"
-        + http_port_hint(options.url, detail)
+        f"SMR server at {url} refused {what}: {status}: {detail}" + http_port_hint(url, detail)
     )
+
+
+def new_attempts(client: Any, *, inference: bool) -> RequestAttempts:
+    """The attempts of one request of ``client`` (blocking or asyncio): its endpoints, a fresh retry
+    budget; an inference (made once the model is known) records per-endpoint latency."""
+    metrics = client.metrics
+    observe = metrics.observe_endpoint if inference and metrics is not None else None
+    budget = client.options.retry_state(client._clock)
+    return RequestAttempts(client._pool, budget, model_known=inference, observe=observe)
+
+
+def retry_delay_or_raise(
+    options: ConnectionOptions,
+    attempts: RequestAttempts,
+    exc: BaseException,
+    what: str,
+    metrics: ClientMetrics | None,
+) -> float:
+    """After a failed attempt: the seconds to wait before the next one (0: failing over to another
+    endpoint), or the clear error raised (from ``None``) when ``exc`` is not retryable or the
+    request's retry budget is spent. Shared by the blocking and the asyncio client, which wait."""
+    assert attempts.endpoint is not None, "failed() after an attempt only"
+    url = attempts.endpoint.url
+    retryable = attempts.retryable(exc)
+    delay = attempts.failed(exc)
+    if metrics is not None and retryable:
+        metrics.endpoint_failures.labels(endpoint=url).inc()
+    if delay is not None:
+        if metrics is not None:
+            metrics.retries.inc()
+            if delay == 0:
+                metrics.failovers.inc()
+        return delay
+    status = status_of(exc)
+    if metrics is not None:
+        metrics.request_errors.labels(status=status.replace("StatusCode.", "") or "UNKNOWN").inc()
+    if retryable or status == DEADLINE:
+        raise unavailable_error(options, exc, attempts.attempts, attempts.budget.elapsed, url) from None
+    raise request_error(options, exc, what, url) from None
 
 
 def parse_outputs(result: Any, n: int, info: ModelInfo, *, embeddings: bool) -> BatchOutputs:
@@ -220,8 +309,20 @@ def batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
         yield chunk
 
 
+class RequestSettings:
+    """The request options that the blocking and the asyncio client share (set and validated by
+    :func:`apply_request_settings`)."""
+
+    requested_batch_size: int | None  # None: the server's max_batch_size
+    max_in_flight: int
+    resize: bool
+    margin: float
+    embeddings: bool
+    metrics: ClientMetrics | None
+
+
 def apply_request_settings(
-    client: Any,
+    client: RequestSettings,
     batch_size: int | None,
     max_in_flight: int,
     *,
@@ -245,33 +346,37 @@ def apply_request_settings(
     client.metrics = metrics
 
 
-class SMRClient:
+class SMRClient(RequestSettings):
     """A blocking client of the ``smr`` ensemble; thread-safe.
 
     Args:
-        url: ``host:port`` of the server's gRPC endpoint.
+        url: ``host:port`` of the server's gRPC endpoint, or several, comma-separated (or a list):
+            requests go to the one with the fewest outstanding and fail over (:mod:`.endpoints`).
         timeout: seconds one request (a whole batch) may take.
-        retries: how often a request is retried while the server is UNAVAILABLE; back-off starts at
-            ``backoff`` seconds and doubles each time.
+        retries: how often a request is retried at most while the server is unavailable or restarting
+            (:func:`~smr.clients.retry.is_retryable`), within ``retry_budget`` seconds of its first
+            attempt; back-off starts at ``backoff`` seconds and doubles each time (up to 4 s).
         ssl, root_certificates, private_key, certificate_chain: TLS, optionally with a client certificate.
         compression: ``"gzip"`` or ``"deflate"`` for requests (patches compress ~2x; worth it on slow links).
         batch_size: images per request; default and upper bound: the server's ``max_batch_size``.
         max_in_flight: requests awaiting an answer at once (keeps the server's queue fed); the bound
             holds across threads that share the client.
         resize: resize images of the wrong size (PIL, bilinear) instead of rejecting them.
-        margin: half-width in t of the band around a stage boundary in which a cell is borderline.
+        margin: a cell whose two most probable classes differ by less than this in SVM probability is
+            flagged for review (:mod:`.results`).
         embeddings: also fetch the 256-d embeddings.
         metrics: :class:`ClientMetrics` to record cells, latencies, retries and errors in.
     """
 
     def __init__(
         self,
-        url: str = DEFAULT_URL,
+        url: str | Sequence[str] = DEFAULT_URL,
         *,
         model: str = "smr",
         timeout: float = 120.0,
-        retries: int = 4,
-        backoff: float = 0.5,
+        retries: int = DEFAULT_RETRIES,
+        backoff: float = DEFAULT_BACKOFF,
+        retry_budget: float = RETRY_BUDGET,
         ssl: bool = False,
         root_certificates: str | None = None,
         private_key: str | None = None,
@@ -288,11 +393,12 @@ class SMRClient:
         import tritonclient.grpc as grpcclient
 
         self.options = ConnectionOptions(
-            url=url,
+            url=",".join(check_urls(url)),
             model=model,
             timeout=timeout,
             retries=retries,
             backoff=backoff,
+            retry_budget=retry_budget,
             ssl=ssl,
             root_certificates=root_certificates,
             private_key=private_key,
@@ -310,13 +416,18 @@ class SMRClient:
             metrics=metrics,
         )
         self._grpc_module = grpcclient
-        self._grpc = grpcclient.InferenceServerClient(**self.options.client_kwargs())
+        self._pool = EndpointPool(
+            self.options.urls,
+            lambda url: grpcclient.InferenceServerClient(**self.options.client_kwargs(url)),
+        )
+        self._grpc = self._pool.endpoints[0].handle  # the first endpoint's gRPC client
         self._info: ModelInfo | None = None
         self._server_version: str | None = None
         self._info_lock = threading.Lock()
         # bounds the requests in flight across every caller sharing this client (e.g. score-slides)
         self._gate = threading.BoundedSemaphore(max_in_flight)
         self._outputs: list | None = None  # known once the server's config is (requested_outputs)
+        self._clock, self._sleep = time.monotonic, time.sleep  # of the retries; replaced by tests
 
     # -- connection ------------------------------------------------------------------------------
 
@@ -324,28 +435,29 @@ class SMRClient:
     def url(self) -> str:
         return self.options.url
 
-    def _with_retries(self, call: Callable[[], Any], what: str) -> Any:
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        """The servers' ``HOST:PORT``s (one or more)."""
+        return self.options.urls
+
+    def _with_retries(self, call: Callable[[Any], Any], what: str, *, inference: bool = False) -> Any:
+        """``call(grpc_client)`` on the endpoints in turn (see :mod:`.endpoints`) until it is answered,
+        or the clear error once retrying is no use."""
         from tritonclient.utils import InferenceServerException
 
-        attempts = 0
+        attempts = new_attempts(self, inference=inference)
         while True:
-            attempts += 1
+            endpoint = attempts.start()
             try:
-                return call()
+                result = call(endpoint.handle)
             except InferenceServerException as exc:
-                status = status_of(exc)
-                if status == UNAVAILABLE and attempts <= self.options.retries:
-                    if self.metrics is not None:
-                        self.metrics.retries.inc()
-                    time.sleep(self.options.backoff_delay(attempts - 1))
-                    continue
-                if self.metrics is not None:
-                    self.metrics.request_errors.labels(
-                        status=status.replace("StatusCode.", "") or "UNKNOWN"
-                    ).inc()
-                if status in (UNAVAILABLE, DEADLINE):
-                    raise unavailable_error(self.options, exc, attempts) from None
-                raise request_error(self.options, exc, what) from None
+                self._sleep(retry_delay_or_raise(self.options, attempts, exc, what, self.metrics))
+                continue
+            except BaseException:
+                attempts.abandoned()
+                raise
+            attempts.succeeded()
+            return result
 
     @property
     def info(self) -> ModelInfo:
@@ -353,7 +465,7 @@ class SMRClient:
         with self._info_lock:
             if self._info is None:
                 config = self._with_retries(
-                    lambda: self._grpc.get_model_config(
+                    lambda grpc: grpc.get_model_config(
                         self.options.model, as_json=True, client_timeout=self.options.timeout
                     ),
                     f"the configuration of model {self.options.model!r}",
@@ -369,7 +481,7 @@ class SMRClient:
         with self._info_lock:
             if self._server_version is None:
                 meta = self._with_retries(
-                    lambda: self._grpc.get_server_metadata(as_json=True, client_timeout=self.options.timeout),
+                    lambda grpc: grpc.get_server_metadata(as_json=True, client_timeout=self.options.timeout),
                     "its metadata",
                 )
                 self._server_version = str(meta.get("version", ""))
@@ -389,16 +501,20 @@ class SMRClient:
         return limit if self.requested_batch_size is None else min(self.requested_batch_size, limit)
 
     def is_ready(self) -> bool:
-        """True when the server answers and the model is ready (no retries)."""
+        """True when a server answers and the model is ready there (no retries)."""
         from tritonclient.utils import InferenceServerException
 
-        try:
-            return bool(self._grpc.is_model_ready(self.options.model, client_timeout=self.options.timeout))
-        except InferenceServerException:
-            return False
+        for endpoint in self._pool.endpoints:
+            try:
+                if endpoint.handle.is_model_ready(self.options.model, client_timeout=self.options.timeout):
+                    return True
+            except InferenceServerException:
+                continue
+        return False
 
     def close(self) -> None:
-        self._grpc.close()
+        for endpoint in self._pool.endpoints:
+            endpoint.handle.close()
 
     def __enter__(self) -> SMRClient:
         return self
@@ -418,8 +534,8 @@ class SMRClient:
         inp = self._grpc_module.InferInput(INPUT, list(batch.shape), "UINT8")
         inp.set_data_from_numpy(np.ascontiguousarray(batch, dtype=np.uint8))
 
-        def call() -> Any:
-            return self._grpc.infer(
+        def call(grpc: Any) -> Any:
+            return grpc.infer(
                 self.options.model,
                 [inp],
                 outputs=outputs,
@@ -433,7 +549,7 @@ class SMRClient:
                 metrics.in_flight.inc()
             start = time.perf_counter()
             try:
-                result = self._with_retries(call, f"a batch of {n} images")
+                result = self._with_retries(call, f"a batch of {n} images", inference=True)
             finally:
                 if metrics is not None:
                     metrics.in_flight.dec()
@@ -474,9 +590,9 @@ class SMRClient:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:
                     key = pending.pop(future)
-                    exc = future.exception()
-                    if exc is not None:
-                        error = error or exc
+                    failure = future.exception()
+                    if failure is not None:
+                        error = error or failure
                         continue
                     yield key, future.result()
             if error is not None:

@@ -1,4 +1,5 @@
-"""Client-side Prometheus metrics: cells scored, request latency, retries, failed requests.
+"""Client-side Prometheus metrics: cells scored, request latency (also per server), retries, failovers,
+failed requests.
 
 The server exports its own metrics (Triton's and SMR's per-class counters); these are the client's
 view, which includes the network and queueing. ``smr score-slide --metrics-port PORT`` serves them.
@@ -42,11 +43,34 @@ class ClientMetrics:
             ["status"],
             registry=self.registry,
         )
+        self.endpoint_latency = Histogram(
+            "smr_client_endpoint_latency_seconds",
+            "Wall time of one successful inference request (one batch), by the server (HOST:PORT) "
+            "that answered it",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.endpoint_failures = Counter(
+            "smr_client_endpoint_failures",
+            "Attempts that failed because a server was unavailable or restarting, by server (HOST:PORT)",
+            ["endpoint"],
+            registry=self.registry,
+        )
+        self.failovers = Counter(
+            "smr_client_failovers",
+            "Requests sent again at once to another server after one failed (several --url endpoints)",
+            registry=self.registry,
+        )
         self.in_flight = Gauge(
             "smr_client_requests_in_flight",
             "Inference requests currently awaiting an answer",
             registry=self.registry,
         )
+
+    def observe_endpoint(self, endpoint: str, seconds: float) -> None:
+        """A successful inference request answered by ``endpoint`` in ``seconds``."""
+        self.endpoint_latency.labels(endpoint=endpoint).observe(seconds)
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:
         """Expose the metrics over HTTP on ``port`` (``/metrics``), in a daemon thread."""

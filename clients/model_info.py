@@ -2,7 +2,7 @@
 the physical scale the model was trained at and where it comes from.
 
 The ensemble's ``config.pbtxt`` carries ``parameters`` ``classes`` and ``lineages`` (JSON) and
-``image_size`` (DESIGN.md, "Serving contract"), and, from ``smr export``, the scale
+``image_size`` (docs/architecture.md, "The tensor contract"), and, from ``smr export``, the scale
 (``microns_per_pixel``, ``field_of_view_um``) and provenance parameters named in
 :mod:`smr.export.pbtxt`; :func:`model_info_from_config` reads them from the JSON form of
 ``ModelConfig`` that ``tritonclient.grpc`` returns with ``as_json=True``. :func:`provenance` turns
@@ -34,7 +34,8 @@ __all__ = [
 ]
 
 IMAGE_INPUT = "IMAGE"
-RESEARCH_NOTICE = "for research use, not for diagnosis"
+#: Stated in every report, summary.json and on the terminal with a count.
+RESEARCH_NOTICE = "For research use, not for diagnosis."
 #: The keys of summary.json's "provenance", in order (report.html renders them).
 PROVENANCE_KEYS = (
     *PROVENANCE_PARAMETERS,

@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 
 from .atomic import atomic_write_text
-from .model_info import ModelInfo
+from .defaults import DEFAULT_FLAGGED, DEFAULT_PER_CLASS
+from .model_info import RESEARCH_NOTICE, ModelInfo
 from .palette import class_colors, hex_color
 from .results import BEFORE_START, BEYOND_END, DEFAULT_MARGIN, STAGE_GAP, CellResult, curve_end
 from .summary import (
@@ -54,11 +55,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MAX_LISTED_OUTSIDE = 200
-#: Always on the report, whatever the provenance says.
-RESEARCH_NOTICE = "For research use, not for diagnosis."
-#: Cells shown per class in the class galleries, and in the gallery of cells flagged for review.
-DEFAULT_PER_CLASS = 12
-DEFAULT_FLAGGED = 36
 _THUMBNAIL = 128  # largest side of a gallery image, in pixels
 
 

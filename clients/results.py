@@ -27,6 +27,7 @@ import numpy as np
 
 from smr.core.targets import stage_from_position
 
+from .defaults import DEFAULT_MARGIN
 from .model_info import ModelInfo
 
 __all__ = [
@@ -41,8 +42,6 @@ __all__ = [
     "curve_end",
 ]
 
-#: A cell whose two most probable SVM classes differ by less than this in probability is flagged.
-DEFAULT_MARGIN = 0.05
 #: A cell whose curve stage lies this many stages (or more) from its SVM class is flagged.
 STAGE_GAP = 3
 #: The position marks of cells the server projected onto an end of the curve (t clamped to 0 or 1).
@@ -81,13 +80,13 @@ class BatchOutputs:
 
     @staticmethod
     def concatenate(parts: list[BatchOutputs]) -> BatchOutputs:
-        emb = [p.embedding for p in parts]
+        emb = [p.embedding for p in parts if p.embedding is not None]
         return BatchOutputs(
             probabilities=np.concatenate([p.probabilities for p in parts]),
             class_id=np.concatenate([p.class_id for p in parts]),
             maturity=np.concatenate([p.maturity for p in parts]),
             distance=np.concatenate([p.distance for p in parts]),
-            embedding=None if any(e is None for e in emb) else np.concatenate(emb),
+            embedding=np.concatenate(emb) if emb and len(emb) == len(parts) else None,
         )
 
 

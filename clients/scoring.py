@@ -21,10 +21,12 @@ import numpy as np
 
 from .atomic import atomic_write_text
 from .client import SMRClient
+from .defaults import DEFAULT_FLAGGED, DEFAULT_PER_CLASS
 from .detections import Detection, cells_feature_collection, read_detections
 from .errors import InputError, SMRClientError
 from .journal import Journal
 from .model_info import ModelInfo, provenance
+from .outputs import cell_fields, cell_records, csv_text
 from .palette import class_colors
 from .patches import (
     DEFAULT_BLOCK,
@@ -35,10 +37,10 @@ from .patches import (
     patch_geometry,
     slide_resolution,
 )
-from .report import GalleryCell, ReportData, write_report
+from .report import ReportData, ReviewGalleries, review_galleries, write_report
 from .results import CellResult, cells_from_outputs
 from .slides import Slide, open_slide
-from .summary import DifferentialCount, differential_count
+from .summary import DifferentialCount, ReviewYield, differential_count, review_yield
 
 __all__ = [
     "CELLS_CSV",
@@ -48,8 +50,6 @@ __all__ = [
     "ScoringInterrupted",
     "SlideScore",
     "score_slide",
-    "cell_records",
-    "cell_fields",
     "model_scale",
 ]
 
@@ -57,17 +57,6 @@ CELLS_CSV = "cells.csv"
 CELLS_GEOJSON = "cells.geojson"
 REPORT_HTML = "report.html"
 SUMMARY_JSON = "summary.json"
-DEFAULT_GALLERY = 36
-_RESULT_FIELDS = (
-    "class",
-    "probability",
-    "lineage",
-    "position",
-    "distance",
-    "stage_estimate",
-    "borderline",
-    "borderline_reason",
-)
 
 
 class ScoringInterrupted(SMRClientError):
@@ -93,6 +82,7 @@ class SlideScore:
     seconds: float  # this run's inference wall time
     count: DifferentialCount
     reference: DifferentialCount | None  # from the detections' own labels, when they are served classes
+    review: ReviewYield | None  # the review flags against those labels, when there are labels
     info: ModelInfo
     paths: dict[str, Path] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)  # summary.json's "provenance"
@@ -111,81 +101,6 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def cell_fields(info: ModelInfo) -> list[str]:
-    """Columns of ``cells.csv``."""
-    return (
-        [
-            "id",
-            "x",
-            "y",
-            "status",
-            "class",
-            "probability",
-            "lineage",
-            "position",
-            "distance",
-            "stage_estimate",
-            "borderline",
-            "borderline_reason",
-            "reference_class",
-        ]
-        + [f"position_{lin.name}" for lin in info.lineages]
-        + [f"distance_{lin.name}" for lin in info.lineages]
-    )
-
-
-def cell_records(
-    info: ModelInfo, detections: Sequence[Detection], cells: dict[str, CellResult]
-) -> list[dict[str, Any]]:
-    """One record per detection, in detection order: scored cells and those outside the slide."""
-    records = []
-    for d in detections:
-        r: dict[str, Any] = {"id": d.id, "x": d.x, "y": d.y, "reference_class": d.label or ""}
-        cell = cells.get(d.id)
-        if cell is None:
-            r.update(dict.fromkeys(_RESULT_FIELDS, ""), status="outside")
-            for lin in info.lineages:
-                r[f"position_{lin.name}"] = r[f"distance_{lin.name}"] = ""
-        else:
-            r.update(
-                status="scored",
-                **{
-                    "class": cell.class_name,
-                    "probability": cell.probability,
-                    "lineage": cell.lineage or "",
-                    "position": "" if cell.position is None else cell.position,
-                    "distance": "" if cell.distance is None else cell.distance,
-                    "stage_estimate": cell.stage_estimate or "",
-                    "borderline": cell.borderline,
-                    "borderline_reason": cell.borderline_reason,
-                },
-            )
-            for p in cell.lineages:
-                r[f"position_{p.lineage}"] = p.position
-                r[f"distance_{p.lineage}"] = p.distance
-        records.append(r)
-    return records
-
-
-def _csv_text(fields: list[str], records: list[dict[str, Any]]) -> str:
-    import csv
-    import io
-
-    def fmt(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, float):
-            return f"{v:.6g}"
-        return str(v)
-
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(fields)
-    for r in records:
-        writer.writerow([fmt(r[f]) for f in fields])
-    return buf.getvalue()
-
-
 def _batches(
     slide: Slide, detections: Sequence[Detection], todo: list[int], geom: PatchGeometry, size: int, block: int
 ) -> Iterator[tuple[list[str], np.ndarray]]:
@@ -199,38 +114,6 @@ def _batches(
             ids, batch = [], np.empty_like(batch)
     if ids:
         yield ids, batch[: len(ids)]
-
-
-def _gallery(
-    info: ModelInfo,
-    slide: Slide,
-    detections: Sequence[Detection],
-    cells: dict[str, CellResult],
-    geom: PatchGeometry,
-    limit: int,
-) -> list[GalleryCell]:
-    """Up to ``limit`` borderline cells, closest to a stage boundary first, re-cropped from the slide."""
-    by_id = {d.id: d for d in detections}
-    boundaries = {lin.name: np.asarray(lin.boundaries) for lin in info.lineages}
-
-    def closeness(item: tuple[str, CellResult]) -> tuple[float, float]:
-        cell = item[1]
-        if cell.position is None or cell.lineage is None:
-            return (1.0, cell.probability)
-        return (float(np.min(np.abs(boundaries[cell.lineage] - cell.position))), cell.probability)
-
-    border = sorted(((i, c) for i, c in cells.items() if c.borderline), key=closeness)[:limit]
-    return [
-        GalleryCell(
-            i,
-            crop_patch(slide, by_id[i], geom),
-            c.class_name,
-            c.stage_estimate,
-            c.position,
-            c.borderline_reason,
-        )
-        for i, c in border
-    ]
 
 
 def model_scale(info: ModelInfo, url: str, mpp: float | None, level: int | None) -> float | None:
@@ -262,7 +145,8 @@ def score_slide(
     slide_mpp: float | None = None,
     restart: bool = False,
     progress: bool = True,
-    gallery: int = DEFAULT_GALLERY,
+    gallery: int = DEFAULT_FLAGGED,
+    per_class: int = DEFAULT_PER_CLASS,
     block: int = DEFAULT_BLOCK,
     title: str | None = None,
 ) -> SlideScore:
@@ -283,69 +167,24 @@ def score_slide(
         if level is None:  # before the server is asked anything: the slide's resolution is needed
             slide_resolution(slide, slide_mpp)
         info = client.info
-        target_mpp = model_scale(info, client.url, mpp, level)
-        geom = patch_geometry(slide, info.image_size, mpp=target_mpp, level=level, slide_mpp=slide_mpp)
-        prov = provenance(info, client.server_version)
+        geom = patch_geometry(
+            slide,
+            info.image_size,
+            mpp=model_scale(info, client.url, mpp, level),
+            level=level,
+            slide_mpp=slide_mpp,
+        )
         out_dir.mkdir(parents=True, exist_ok=True)
-        run = {
-            "slide": {
-                "name": slide_path.name,
-                "bytes": slide_path.stat().st_size,
-                "dimensions": list(slide.dimensions),
-            },
-            "detections": {
-                "name": detections_path.name,
-                "sha256": _sha256(detections_path),
-                "count": len(detections),
-            },
-            "geometry": geom.to_dict(),
-        }
-        journal = stack.enter_context(Journal.open(out_dir, info, run, restart=restart))
+        run = _run_record(slide_path, slide, detections_path, detections, geom)
+        journal = stack.enter_context(Journal.open(out_dir, info, run, restart=restart, slide=slide_path))
         if restart:  # outputs of the discarded run must not outlive it
             for name in (CELLS_CSV, CELLS_GEOJSON, REPORT_HTML, SUMMARY_JSON):
                 (out_dir / name).unlink(missing_ok=True)
         on_slide = [i for i, d in enumerate(detections) if inside(slide, d)]
-        outside_ids = [d.id for d in detections if not inside(slide, d)]
         todo = [i for i in on_slide if detections[i].id not in journal]
-        resumed = len(on_slide) - len(todo)
-
-        bar = None
-        if progress:
-            from tqdm import tqdm
-
-            bar = tqdm(
-                total=len(on_slide),
-                initial=resumed,
-                unit=" cells",
-                desc=slide_path.name,
-                dynamic_ncols=True,
-                smoothing=0.1,
-            )
-        start = time.perf_counter()
-        try:
-            for ids, outputs in client.infer_batches(
-                _batches(slide, detections, todo, geom, client.batch_size, block)
-            ):
-                journal.append(ids, outputs)
-                if bar is not None:
-                    bar.update(len(ids))
-        except InputError as exc:  # the slide could not be read; retrying will not help
-            raise InputError(
-                f"{exc}\n{len(journal)} of {len(on_slide)} cells were scored before and are kept in "
-                f"{journal.csv_path}"
-            ) from exc
-        except SMRClientError as exc:
-            raise ScoringInterrupted(
-                f"{exc}\n{len(journal)} of {len(on_slide)} cells are scored and kept in {journal.csv_path}; "
-                "run the same command again to continue",
-                scored=len(journal),
-                total=len(on_slide),
-                journal=journal.csv_path,
-            ) from exc
-        finally:
-            if bar is not None:
-                bar.close()
-        seconds = time.perf_counter() - start
+        seconds = _score_into_journal(
+            client, slide, detections, on_slide, todo, geom, journal, block, progress
+        )
 
         scored_ids = [detections[i].id for i in on_slide]
         missing = [i for i in scored_ids if i not in journal]
@@ -354,100 +193,213 @@ def score_slide(
                 f"{journal.csv_path}: {len(missing)} cells missing after scoring; pass --restart"
             )
         results = cells_from_outputs(info, journal.outputs(scored_ids), margin=client.margin)
-        cells = dict(zip(scored_ids, results, strict=True))
-        records = cell_records(info, detections, cells)
-        scored = [cells[i] for i in scored_ids]
-        count = differential_count(
-            info,
-            [c.class_name for c in scored],
-            positions=[c.position for c in scored],
-            borderline=[c.borderline for c in scored],
-        )
-        labels = [detections[i].label for i in on_slide]
-        reference = None
-        if labels and all(lab in info.classes for lab in labels):
-            reference = differential_count(info, labels)
-        positions = {
-            lin.name: (
-                [c.position for c in scored if c.lineage == lin.name],
-                [c.class_name for c in scored if c.lineage == lin.name],
-            )
-            for lin in info.lineages
-        }
-        gallery_cells = _gallery(info, slide, detections, cells, geom, gallery)
-        slide_facts = {
-            "slide": f"{slide_path.name} ({slide.dimensions[0]} x {slide.dimensions[1]} px, "
-            f"{slide.level_count} level(s), {_mpp_text(slide.mpp)})",
-            "patches": f"{geom.size} px from level {geom.level} (region {geom.region} px"
-            f"{', ' + _mpp_text(geom.mpp) if geom.mpp else ''})",
-            "scale": _scale_text(info, mpp, level),
-        }
-
-        paths = {
-            "cells_csv": out_dir / CELLS_CSV,
-            "geojson": out_dir / CELLS_GEOJSON,
-            "report": out_dir / REPORT_HTML,
-            "summary": out_dir / SUMMARY_JSON,
-        }
-        atomic_write_text(paths["cells_csv"], _csv_text(cell_fields(info), records))
-        geometries = {d.id: d.geometry for d in detections if d.geometry is not None}
-        collection = cells_feature_collection(
-            [r for r in records if r["status"] == "scored"],
-            geometries,
-            class_colors(info),
-            info.lineage_names,
-        )
-        atomic_write_text(paths["geojson"], json.dumps(collection) + "\n")
-        facts = {
-            **slide_facts,
-            "detections": f"{detections_path.name}: {len(detections)} ({len(outside_ids)} outside the slide)",
-            "server": f"{client.url}, model {info.name} ({len(info.classes)} classes, "
-            f"lineages {', '.join(info.lineage_names)})",
-            "borderline margin": f"{client.margin:g} in curve position",
-            "this run": f"{len(todo)} cells in {seconds:.1f} s"
-            + (f" ({len(todo) / seconds:.1f} cells/s)" if seconds > 0 and todo else "")
-            + (f"; {resumed} taken from an earlier run" if resumed else ""),
-        }
-        write_report(
-            paths["report"],
-            ReportData(
-                title=title or f"SMR report: {slide_path.name}",
-                info=info,
-                count=count,
-                positions=positions,
-                gallery=gallery_cells,
-                reference=reference,
-                outside_ids=outside_ids,
-                facts=facts,
-                provenance=prov,
-            ),
-        )
-        summary = {
-            "slide": str(slide_path),
-            "detections": len(detections),
-            "scored": len(scored_ids),
-            "outside": len(outside_ids),
-            "outside_ids": outside_ids,
-            "count": count.to_dict(),
-            "reference": None if reference is None else reference.to_dict(),
-            "geometry": geom.to_dict(),
-            "provenance": prov,
-        }
-        atomic_write_text(paths["summary"], json.dumps(summary, indent=2) + "\n")
-        return SlideScore(
+        score = SlideScore(
             out_dir=out_dir,
             slide=slide_path,
             detections=len(detections),
             scored=len(scored_ids),
-            outside_ids=outside_ids,
-            resumed=resumed,
+            outside_ids=[d.id for d in detections if not inside(slide, d)],
+            resumed=len(on_slide) - len(todo),
             seconds=seconds,
-            count=count,
-            reference=reference,
+            count=differential_count(
+                info,
+                [c.class_name for c in results],
+                positions=[c.position for c in results],
+                borderline=[c.borderline for c in results],
+            ),
+            reference=None,
+            review=None,
             info=info,
-            paths=paths,
-            provenance=prov,
+            provenance=provenance(info, client.server_version),
         )
+        labels = [detections[i].label for i in on_slide]
+        if labels and all(lab in info.classes for lab in labels):
+            score.reference = differential_count(info, labels)
+            score.review = review_yield(
+                [c.class_name for c in results], [c.borderline for c in results], labels
+            )
+        cells = dict(zip(scored_ids, results, strict=True))
+        facts = {
+            **_slide_facts(slide_path, slide, geom, info, mpp, level),
+            "detections": f"{detections_path.name}: {len(detections)} "
+            f"({len(score.outside_ids)} outside the slide)",
+            "server": f"{client.url}, model {info.name} ({len(info.classes)} classes, "
+            f"lineages {', '.join(info.lineage_names)})",
+            "review margin": f"{client.margin:g} in SVM probability",
+            **({"review against the reference": score.review.line()} if score.review is not None else {}),
+            "this run": _timing_text(len(todo), seconds, score.resumed),
+        }
+        galleries = review_galleries(
+            info,
+            cells,
+            {d.id: (d.x, d.y) for d in detections},
+            _cropper(slide, detections, geom),
+            per_class=per_class,
+            flagged=gallery,
+        )
+        _write_outputs(score, detections, cells, geom, galleries, facts, client.margin, title)
+        return score
+
+
+def _run_record(
+    slide_path: Path,
+    slide: Slide,
+    detections_path: Path,
+    detections: Sequence[Detection],
+    geom: PatchGeometry,
+) -> dict[str, Any]:
+    """What identifies a scoring run in its journal: a resumed run must match it."""
+    return {
+        "slide": {
+            "name": slide_path.name,
+            "bytes": slide_path.stat().st_size,
+            "dimensions": list(slide.dimensions),
+        },
+        "detections": {
+            "name": detections_path.name,
+            "sha256": _sha256(detections_path),
+            "count": len(detections),
+        },
+        "geometry": geom.to_dict(),
+    }
+
+
+def _score_into_journal(
+    client: SMRClient,
+    slide: Slide,
+    detections: Sequence[Detection],
+    on_slide: list[int],
+    todo: list[int],
+    geom: PatchGeometry,
+    journal: Journal,
+    block: int,
+    progress: bool,
+) -> float:
+    """Send the ``todo`` detections' patches and journal every answered batch; the inference seconds."""
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(
+            total=len(on_slide),
+            initial=len(on_slide) - len(todo),
+            unit=" cells",
+            desc=slide.path.name,
+            dynamic_ncols=True,
+            smoothing=0.1,
+        )
+    start = time.perf_counter()
+    try:
+        for ids, outputs in client.infer_batches(
+            _batches(slide, detections, todo, geom, client.batch_size, block)
+        ):
+            journal.append(ids, outputs)
+            if bar is not None:
+                bar.update(len(ids))
+    except InputError as exc:  # the slide could not be read; retrying will not help
+        raise InputError(
+            f"{exc}\n{len(journal)} of {len(on_slide)} cells were scored before and are kept in "
+            f"{journal.csv_path}"
+        ) from exc
+    except SMRClientError as exc:
+        raise ScoringInterrupted(
+            f"{exc}\n{len(journal)} of {len(on_slide)} cells are scored and kept in {journal.csv_path}; "
+            "run the same command again to continue",
+            scored=len(journal),
+            total=len(on_slide),
+            journal=journal.csv_path,
+        ) from exc
+    finally:
+        if bar is not None:
+            bar.close()
+    return time.perf_counter() - start
+
+
+def _cropper(slide: Slide, detections: Sequence[Detection], geom: PatchGeometry):
+    by_id = {d.id: d for d in detections}
+    return lambda cell_id: crop_patch(slide, by_id[cell_id], geom)
+
+
+def _slide_facts(
+    slide_path: Path, slide: Slide, geom: PatchGeometry, info: ModelInfo, mpp: float | None, level: int | None
+) -> dict[str, str]:
+    return {
+        "slide": f"{slide_path.name} ({slide.dimensions[0]} x {slide.dimensions[1]} px, "
+        f"{slide.level_count} level(s), {_mpp_text(slide.mpp)})",
+        "patches": f"{geom.size} px from level {geom.level} (region {geom.region} px"
+        f"{', ' + _mpp_text(geom.mpp) if geom.mpp else ''})",
+        "scale": _scale_text(info, mpp, level),
+    }
+
+
+def _timing_text(fresh: int, seconds: float, resumed: int) -> str:
+    return (
+        f"{fresh} cells in {seconds:.1f} s"
+        + (f" ({fresh / seconds:.1f} cells/s)" if seconds > 0 and fresh else "")
+        + (f"; {resumed} taken from an earlier run" if resumed else "")
+    )
+
+
+def _write_outputs(
+    score: SlideScore,
+    detections: Sequence[Detection],
+    cells: dict[str, CellResult],
+    geom: PatchGeometry,
+    galleries: ReviewGalleries,
+    facts: dict[str, str],
+    margin: float,
+    title: str | None,
+) -> None:
+    """cells.csv, cells.geojson, report.html and summary.json, each atomically; their paths into ``score``."""
+    info, out_dir = score.info, score.out_dir
+    score.paths = {
+        "cells_csv": out_dir / CELLS_CSV,
+        "geojson": out_dir / CELLS_GEOJSON,
+        "report": out_dir / REPORT_HTML,
+        "summary": out_dir / SUMMARY_JSON,
+    }
+    records = cell_records(info, detections, cells)
+    atomic_write_text(score.paths["cells_csv"], csv_text(cell_fields(info), records))
+    geometries = {d.id: d.geometry for d in detections if d.geometry is not None}
+    collection = cells_feature_collection(
+        [r for r in records if r["status"] == "scored"], geometries, class_colors(info), info.lineage_names
+    )
+    atomic_write_text(score.paths["geojson"], json.dumps(collection) + "\n")
+    positions = {
+        lin.name: (
+            [c.position for c in cells.values() if c.lineage == lin.name],
+            [c.class_name for c in cells.values() if c.lineage == lin.name],
+        )
+        for lin in info.lineages
+    }
+    write_report(
+        score.paths["report"],
+        ReportData(
+            title=title or f"SMR report: {score.slide.name}",
+            info=info,
+            count=score.count,
+            positions=positions,
+            reference=score.reference,
+            outside_ids=score.outside_ids,
+            facts=facts,
+            provenance=score.provenance,
+            galleries=galleries,
+            margin=margin,
+        ),
+    )
+    summary = {
+        "slide": str(score.slide),
+        "detections": score.detections,
+        "scored": score.scored,
+        "outside": len(score.outside_ids),
+        "outside_ids": score.outside_ids,
+        "count": score.count.to_dict(),
+        "reference": None if score.reference is None else score.reference.to_dict(),
+        "review_check": None if score.review is None else score.review.to_dict(),
+        "geometry": geom.to_dict(),
+        "provenance": score.provenance,
+    }
+    atomic_write_text(score.paths["summary"], json.dumps(summary, indent=2) + "\n")
 
 
 def _scale_text(info: ModelInfo, mpp: float | None, level: int | None) -> str:

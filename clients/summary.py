@@ -27,6 +27,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -41,6 +42,8 @@ __all__ = [
     "MaturationIndex",
     "DifferentialCount",
     "differential_count",
+    "ReviewYield",
+    "review_yield",
     "proportion_interval",
     "ratio_interval",
     "format_count",
@@ -186,6 +189,49 @@ class DifferentialCount:
             d["maturation"][name]["mature_by_class_interval"] = m.mature_by_class_interval
             d["maturation"][name]["mature_by_curve_interval"] = m.mature_by_curve_interval
         return json_ready(d)
+
+
+@dataclass(frozen=True)
+class ReviewYield:
+    """How well the review flags find the errors, on cells whose true class is known."""
+
+    cells: int
+    flagged: int  # cells flagged for review
+    misclassified: int  # cells whose class differs from the true one
+    misclassified_flagged: int  # misclassified cells among the flagged
+
+    @property
+    def flagged_share(self) -> float | None:
+        return _share(self.flagged, self.cells)
+
+    @property
+    def errors_found(self) -> float | None:
+        """The share of the misclassified cells that are flagged (None without errors)."""
+        return _share(self.misclassified_flagged, self.misclassified)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "flagged_share": self.flagged_share, "errors_found": self.errors_found}
+
+    def line(self) -> str:
+        found = "n/a" if self.errors_found is None else f"{100 * self.errors_found:.0f} %"
+        share = 100 * (self.flagged_share or 0.0)
+        return (
+            f"{self.flagged} of {self.cells} cells flagged for review ({share:.1f} %), "
+            f"holding {self.misclassified_flagged} of the {self.misclassified} misclassified ({found})"
+        )
+
+
+def review_yield(classes: Sequence[str], flagged: Sequence[bool], truth: Sequence[str]) -> ReviewYield:
+    """Count the flagged cells and the misclassified ones they hold (``truth``: the true classes)."""
+    if not len(classes) == len(flagged) == len(truth):
+        raise ValueError(f"lengths differ: {len(classes)} classes, {len(flagged)} flags, {len(truth)} truths")
+    wrong = [c != t for c, t in zip(classes, truth, strict=True)]
+    return ReviewYield(
+        cells=len(classes),
+        flagged=sum(map(bool, flagged)),
+        misclassified=sum(wrong),
+        misclassified_flagged=sum(w and bool(f) for w, f in zip(wrong, flagged, strict=True)),
+    )
 
 
 def json_ready(value):

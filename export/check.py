@@ -7,7 +7,7 @@ Checks, each reported with the file it concerns:
 - the files match ``MANIFEST.json`` (SHA-256; nothing missing, nothing added: no unlisted model
   folder, file or Python byte code), and the manifest lists exactly SMR's three models;
 - tensor names, data types and shapes agree between the ONNX graph, the three configs and the
-  ensemble's input/output maps, and with DESIGN.md's table (``tensors.py``);
+  ensemble's input/output maps, and with the contract's table (``tensors.py``);
 - the ensemble's ``classes``/``lineages`` parameters agree with ``svm.json`` and ``curves.json``.
 """
 
@@ -162,7 +162,7 @@ def check_repository(repository: str | Path) -> CheckResult:
                 f"{T.POSTPROCESS}/1/curves.json: lineages disagree with the ensemble's 'lineages' parameter"
             )
 
-    # -- tensors: DESIGN.md's table, the configs, the ONNX graph, the ensemble maps -------------
+    # -- tensors: the contract's table, the configs, the ONNX graph, the ensemble maps ----------
     n_classes, n_lineages = len(classes), len(lineages)
     _compare(
         problems, f"{T.ENSEMBLE}/config.pbtxt inputs", _tensors(ensemble.input), T.backbone_inputs(image_size)

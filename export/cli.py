@@ -21,6 +21,8 @@ _EPILOG = """\
 examples:
   smr export runs/pbc --repository model_repository
   smr export runs/pbc --runtime python            # for servers with only the python backend
+  smr export runs/pbc --runtime openvino --precision auto   # fastest precision that passes here
+  smr export runs/pbc --runtime openvino --precision bf16   # refused if it loses > 1 pp macro F1
   smr export runs/pbc --instance-kind gpu --tensorrt fp16
   smr export runs/pbc --quantize int8             # reports macro-F1 change and speed ratio
   smr export --check model_repository
@@ -46,6 +48,7 @@ def _batch_sizes(text: str) -> tuple[int, ...]:
 
 def add_parsers(subparsers) -> None:
     from .pbtxt import INSTANCE_KINDS, RUNTIMES, TENSORRT_PRECISIONS
+    from .precision import MAX_F1_LOSS, MIN_AGREEMENT, PRECISION_CHOICES
 
     p = subparsers.add_parser(
         "export",
@@ -78,7 +81,33 @@ def add_parsers(subparsers) -> None:
         choices=RUNTIMES,
         default="onnxruntime",
         help="onnxruntime: Triton's onnxruntime backend (platform onnxruntime_onnx); python: a python "
-        "backend model running the same model.onnx with onnxruntime (default: %(default)s)",
+        "backend model running the same model.onnx with onnxruntime; openvino: a python backend model "
+        "running it with OpenVINO (compiled once at load) (default: %(default)s)",
+    )
+    g.add_argument(
+        "--precision",
+        choices=PRECISION_CHOICES,
+        default="fp32",
+        help="the backbone's precision: fp32; bf16 (openvino only; fast with avx512_bf16 or AMX); int8 "
+        "(the calibrated QDQ graph); auto: the fastest that passes, measured on this machine. Every "
+        "precision but fp32 is checked against FP32 on the run's validation images and refused beyond "
+        "--max-f1-loss / --min-agreement (default: %(default)s)",
+    )
+    g.add_argument(
+        "--max-f1-loss",
+        type=float,
+        default=MAX_F1_LOSS,
+        metavar="F",
+        help="the accuracy check: the largest macro-F1 loss against FP32, as a fraction "
+        "(default: %(default)s = 1 pp)",
+    )
+    g.add_argument(
+        "--min-agreement",
+        type=float,
+        default=MIN_AGREEMENT,
+        metavar="F",
+        help="the accuracy check: the smallest share of validation images given the FP32 class "
+        "(default: %(default)s)",
     )
     g.add_argument(
         "--tensorrt",
@@ -91,8 +120,8 @@ def add_parsers(subparsers) -> None:
         "--quantize",
         choices=("int8",),
         default=None,
-        help="static INT8 quantisation (QDQ) calibrated on training images; reports the macro-F1 change, "
-        "embedding distance and speed ratio on the validation split",
+        help="the same as --precision int8: static INT8 quantisation (QDQ) calibrated on training images, "
+        "checked on the validation split (macro-F1 change, same class, speed ratio)",
     )
     g.add_argument(
         "--data",
@@ -216,9 +245,17 @@ def run(args: argparse.Namespace) -> int:
     from .run_images import ImagesUnavailable
 
     instance_kind = args.instance_kind or ("gpu" if args.tensorrt else "cpu")
+    precision = args.precision
+    if args.quantize:
+        if precision not in ("fp32", args.quantize):
+            return _fail(f"--quantize {args.quantize} and --precision {precision} disagree; give one of them")
+        precision = args.quantize
+    if not 0 <= args.max_f1_loss <= 1 or not 0 <= args.min_agreement <= 1:
+        return _fail("--max-f1-loss and --min-agreement are fractions in [0, 1] (0.01 is 1 pp)")
     try:
         serving = ServingOptions(
             runtime=args.runtime,
+            precision="fp32" if precision == "auto" else precision,
             tensorrt=args.tensorrt,
             max_batch_size=args.max_batch_size,
             instance_kind=instance_kind,
@@ -230,7 +267,13 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         return _fail(str(exc))
     options = ExportOptions(
-        serving=serving, quantize=args.quantize, opset=args.opset, data_root=args.data, force=args.force
+        serving=serving,
+        precision=precision,
+        max_f1_loss=args.max_f1_loss,
+        min_agreement=args.min_agreement,
+        opset=args.opset,
+        data_root=args.data,
+        force=args.force,
     )
     repository = args.repository or DEFAULT_REPOSITORY
     try:
@@ -241,7 +284,8 @@ def run(args: argparse.Namespace) -> int:
         return _fail(str(exc), 1)
     n_files = len(result.manifest["files"])
     print(
-        f"exported {args.run_dir} -> {result.repository} ({n_files} files, {serving.runtime} backbone, "
+        f"exported {args.run_dir} -> {result.repository} ({n_files} files, {serving.runtime} backbone "
+        f"at {result.precision.upper()}, "
         f"{result.seconds:.1f} s); check it with: smr export --check {result.repository}"
     )
     params = result.parameters

@@ -9,7 +9,7 @@ dimension, checks the graph with the ONNX checker and compares onnxruntime with 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -156,13 +156,14 @@ def torch_embed(backbone: ServingBackbone, images: np.ndarray, *, batch_size: in
 
 @dataclass(frozen=True)
 class ParityReport:
-    """onnxruntime vs PyTorch on the same images: max abs difference of the embeddings."""
+    """A runtime (onnxruntime) vs PyTorch on the same images: max abs difference of the embeddings."""
 
     real_images: int
     random_images: int
     max_abs_diff_real: float
     max_abs_diff_random: float
     atol: float
+    runtime: str = "onnxruntime"
 
     @property
     def max_abs_diff(self) -> float:
@@ -175,7 +176,7 @@ class ParityReport:
             else "no real images"
         )
         return (
-            f"parity onnxruntime vs PyTorch (max abs diff of the embedding, tolerance {self.atol:.0e}): "
+            f"parity {self.runtime} vs PyTorch (max abs diff of the embedding, tolerance {self.atol:.0e}): "
             f"{real}, {self.random_images} random images {self.max_abs_diff_random:.2e}"
         )
 
@@ -189,22 +190,31 @@ def check_parity(
     random_images: int = 8,
     atol: float = PARITY_ATOL,
     seed: int = 0,
+    embed: Callable[[np.ndarray], np.ndarray] | None = None,
+    name: str = "onnxruntime",
 ) -> ParityReport:
-    """Compare onnxruntime with PyTorch on real and random images; raise ``ExportError`` beyond ``atol``."""
+    """Compare a runtime with PyTorch on real and random images; raise ``ExportError`` beyond ``atol``.
+
+    ``embed``: the runtime's embedding of a batch (default: onnxruntime on ``onnx_path``), ``name``
+    its name in the report."""
     rng = np.random.default_rng(seed)
     noise = rng.integers(0, 256, size=(random_images, image_size, image_size, 3), dtype=np.uint8)
-    session = ort_session(onnx_path)
+    if embed is None:
+        session = ort_session(onnx_path)
+
+        def embed(images: np.ndarray) -> np.ndarray:
+            return onnx_embed(session, images)
 
     def diff(images: np.ndarray) -> float:
         if len(images) == 0:
             return 0.0
-        return float(np.max(np.abs(onnx_embed(session, images) - torch_embed(backbone, images))))
+        return float(np.max(np.abs(embed(images) - torch_embed(backbone, images))))
 
     real = np.zeros((0, image_size, image_size, 3), np.uint8) if real_images is None else real_images
-    report = ParityReport(len(real), len(noise), diff(real), diff(noise), atol)
+    report = ParityReport(len(real), len(noise), diff(real), diff(noise), atol, name)
     if not np.isfinite(report.max_abs_diff) or report.max_abs_diff > atol:
         raise ExportError(
-            f"onnxruntime and PyTorch disagree: max abs difference of the embedding "
+            f"{name} and PyTorch disagree: max abs difference of the embedding "
             f"{report.max_abs_diff:.3e} > tolerance {atol:.0e} ({report.summary()})"
         )
     return report

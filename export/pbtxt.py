@@ -23,6 +23,9 @@ __all__ = [
     "RUNTIMES",
     "INSTANCE_KINDS",
     "TENSORRT_PRECISIONS",
+    "PRECISIONS",
+    "runtime_engine",
+    "runtime_precisions",
     "ServingOptions",
     "backbone_config",
     "postprocess_config",
@@ -51,9 +54,24 @@ PROVENANCE_PARAMETERS = (
     "smr_version",  # the SMR that exported the repository
 )
 
-RUNTIMES = ("onnxruntime", "python")
+# onnxruntime: Triton's onnxruntime backend; python: the python backend running onnxruntime;
+# openvino: the python backend running OpenVINO (serving/triton_models/engines.py)
+RUNTIMES = ("onnxruntime", "python", "openvino")
+PRECISIONS = ("fp32", "bf16", "int8")
 INSTANCE_KINDS = ("cpu", "gpu")
 TENSORRT_PRECISIONS = ("fp16", "fp32")
+
+
+def runtime_engine(runtime: str) -> str:
+    """The engine (``engines.ENGINES``) that runs the backbone of ``runtime``."""
+    return "openvino" if runtime == "openvino" else "onnxruntime"
+
+
+def runtime_precisions(runtime: str) -> tuple[str, ...]:
+    """The precisions the backbone of ``runtime`` can run."""
+    from smr.serving.triton_models.engines import ENGINE_PRECISIONS
+
+    return ENGINE_PRECISIONS[runtime_engine(runtime)]
 
 
 class ConfigFormatError(ValueError):
@@ -65,6 +83,8 @@ class ServingOptions:
     """How the composing models are scheduled (``smr export`` flags)."""
 
     runtime: str = "onnxruntime"  # smr_backbone: Triton's onnxruntime backend, or the python backend
+    precision: str = "fp32"  # of the backbone: fp32, bf16 (openvino), int8 (the QDQ graph)
+    cpu_features: tuple[str, ...] = ()  # the CPU flags the precision was chosen for
     tensorrt: str | None = None  # "fp16" | "fp32": TensorRT accelerator (onnxruntime runtime only)
     max_batch_size: int = 64
     instance_kind: str = "cpu"  # of smr_backbone; smr_postprocess (numpy) always runs on the CPU
@@ -80,6 +100,13 @@ class ServingOptions:
 
         if self.runtime not in RUNTIMES:
             fail(f"runtime {self.runtime!r} is not valid; choose one of: {', '.join(RUNTIMES)}")
+        if self.precision not in PRECISIONS:
+            fail(f"precision {self.precision!r} is not valid; choose one of: {', '.join(PRECISIONS)}")
+        if self.precision not in runtime_precisions(self.runtime):
+            fail(
+                f"--runtime {self.runtime} cannot run precision {self.precision}; it runs "
+                f"{', '.join(runtime_precisions(self.runtime))} (bf16 needs --runtime openvino)"
+            )
         if self.instance_kind not in INSTANCE_KINDS:
             fail(
                 f"instance kind {self.instance_kind!r} is not valid; "
@@ -91,10 +118,10 @@ class ServingOptions:
                     f"TensorRT precision {self.tensorrt!r} is not valid; choose one of: "
                     f"{', '.join(TENSORRT_PRECISIONS)}"
                 )
-            if self.runtime != "onnxruntime":
+            if self.runtime not in ("onnxruntime", "python"):
                 fail(
-                    "--tensorrt needs --runtime onnxruntime (the TensorRT accelerator belongs to "
-                    "Triton's onnxruntime backend)"
+                    "--tensorrt needs --runtime onnxruntime (Triton's onnxruntime backend) or python "
+                    "(onnxruntime's TensorRT provider in the python backend)"
                 )
             if self.instance_kind != "gpu":
                 fail("--tensorrt needs GPU instances (--instance-kind gpu)")
@@ -111,6 +138,8 @@ class ServingOptions:
                 f"warm-up batch sizes {list(self.warmup_batch_sizes)} must lie in [1, max batch size "
                 f"{self.max_batch_size}]"
             )
+        if self.runtime == "openvino" and self.instance_kind != "cpu":
+            fail("--runtime openvino runs on CPU instances (--instance-kind cpu)")
         if self.intra_op_threads < 0:
             fail(f"intra-op threads {self.intra_op_threads} must be >= 0")
         return self
@@ -155,16 +184,22 @@ def backbone_config(*, image_size: int, embedding_dim: int, options: ServingOpti
     else:
         config.backend = "python"
         config.parameters["onnx_file"].string_value = "model.onnx"
+        config.parameters["engine"].string_value = runtime_engine(options.runtime)
+        config.parameters["precision"].string_value = options.precision
+        config.parameters["cpu_features"].string_value = ",".join(options.cpu_features)
         config.parameters["intra_op_threads"].string_value = str(options.intra_op_threads)
         providers = ["CPUExecutionProvider"]
         if options.instance_kind == "gpu":
             providers.insert(0, "CUDAExecutionProvider")
+        if options.tensorrt:
+            providers.insert(0, "TensorrtExecutionProvider")
+            config.parameters["tensorrt_precision"].string_value = options.tensorrt
         config.parameters["execution_providers"].string_value = ",".join(providers)
     inputs = T.backbone_inputs(image_size)
     _add_tensors(config.input, inputs)
     _add_tensors(config.output, T.backbone_outputs(embedding_dim))
     _add_scheduling(config, options, options.instance_kind)
-    if options.tensorrt:
+    if options.tensorrt and options.runtime == "onnxruntime":
         accelerator = config.optimization.execution_accelerators.gpu_execution_accelerator.add(
             name="tensorrt"
         )

@@ -7,7 +7,8 @@ was. Layout (docs/architecture.md, "Model repository")::
     REPO/MANIFEST.json
     REPO/smr/config.pbtxt, smr/1/                        ensemble
     REPO/smr_backbone/config.pbtxt, 1/model.onnx
-                       [, 1/model.py, 1/smr_triton_io.py with --runtime python]
+                       [, 1/model.py, 1/smr_triton_io.py, 1/smr_engines.py with --runtime
+                          python or openvino]
     REPO/smr_postprocess/config.pbtxt, 1/model.py, 1/curves.json, 1/svm.json,
                           1/smr_core/ (copy of smr.core), 1/smr_manifest.py, 1/smr_triton_io.py
 
@@ -17,6 +18,7 @@ each ``model.py`` under the name it is imported by (``TRITON_IO_MODULE``).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import hashlib
 import json
@@ -62,13 +64,18 @@ DEFAULT_REPOSITORY = Path("model_repository")
 ENSEMBLE_CONFIG = f"{T.ENSEMBLE}/config.pbtxt"
 # serving/triton_models/triton_io.py, the tensor I/O of both python models, as they import it
 TRITON_IO_MODULE = "smr_triton_io.py"
+# serving/triton_models/engines.py, how the python backbone runs the graph, as it imports it
+ENGINES_MODULE = "smr_engines.py"
 _TRITON_MODELS = "smr.serving.triton_models"
 
 
 @dataclass(frozen=True)
 class ExportOptions:
     serving: ServingOptions = ServingOptions()
-    quantize: str | None = None  # "int8"
+    quantize: str | None = None  # "int8": the same as precision="int8"
+    precision: str = "fp32"  # fp32 | bf16 | int8 | auto (precision.PRECISION_CHOICES)
+    max_f1_loss: float = 0.01  # the accuracy check of a precision other than FP32 (precision.py)
+    min_agreement: float = 0.97
     opset: int = 21
     data_root: Path | None = None  # the data set's root, when split.json's "data" moved
     parity_images: int = 16  # real images for the parity check (plus 8 random ones)
@@ -82,9 +89,11 @@ class ExportResult:
     repository: Path
     manifest: dict[str, Any]
     parity: Any  # ParityReport
-    quantization: Any | None  # QuantizationReport
+    quantization: Any | None  # QuantizationReport (when the served precision is INT8)
     seconds: float
     parameters: dict[str, str] = field(default_factory=dict)  # the ensemble's scale and provenance
+    precision: str = "fp32"  # the backbone's served precision
+    precision_reports: list[Any] = field(default_factory=list)  # precision.PrecisionReport per candidate
 
 
 def manifest_digest(manifest: Mapping[str, Any]) -> str:
@@ -217,11 +226,15 @@ def export_repository(
     ``FileExistsError`` (the target holds models that are not SMR's).
     """
     from smr.core.svm import RbfSvm
+    from smr.serving.triton_models.engines import BackboneEngine
+    from smr.train.recipe import cpu_features
     from smr.train.rundir import CONFIG_FILE, CURVES_FILE, MODEL_FILE, SVM_FILE, load_run
 
     from .check import check_repository
     from .onnx_backbone import ExportError, ServingBackbone, check_onnx, check_parity, export_onnx
-    from .quantize import QUANTIZE_CHOICES, compare_int8, quantize_int8
+    from .pbtxt import runtime_engine
+    from .precision import candidate_precisions, choose_precision, chosen_cpu_features
+    from .quantize import QUANTIZE_CHOICES, QuantizationReport, quantize_int8
     from .run_images import ImagesUnavailable, load_split_images
 
     start = time.perf_counter()
@@ -251,16 +264,25 @@ def export_repository(
         raise ExportError(
             f"unknown quantisation {options.quantize!r}; choose one of: {', '.join(QUANTIZE_CHOICES)}"
         )
+    requested = options.precision
+    if options.quantize == "int8":
+        if requested not in ("fp32", "int8"):
+            raise ValueError(f"--quantize int8 and --precision {requested} disagree; give one of them")
+        requested = "int8"
+    cpu = cpu_features()
+    flags = set(cpu["flags"])
+    candidates = candidate_precisions(serving.runtime, requested, flags)  # ValueError: not runnable
     try:
         real = images("val", options.parity_images).images
     except ImagesUnavailable as exc:
-        if options.quantize:
+        if requested != "fp32":
             raise
         log(f"warning: parity on random images only: {exc}")
         real = None
-    if options.quantize == "int8":
-        calibration = images("train", options.calibration_images)
+    if requested != "fp32":
         evaluation = images("val", options.evaluation_images)
+    if "int8" in candidates:
+        calibration = images("train", options.calibration_images)
 
     _check_target(repo, options.force)
     created = not repo.exists()
@@ -276,23 +298,51 @@ def export_repository(
         export_onnx(backbone, onnx_path, image_size=size, opset=options.opset)
         parity = check_parity(backbone, onnx_path, real, image_size=size)
         log(parity.summary())
+        engine = runtime_engine(serving.runtime)
+        if engine != "onnxruntime":  # FP32 in the served runtime against PyTorch too
+            served = BackboneEngine(onnx_path, engine, "fp32")
+            log(check_parity(backbone, onnx_path, real, image_size=size, embed=served, name=engine).summary())
 
-        quantization = None
-        if options.quantize == "int8":
-            fp32_path = staging / "model.fp32.onnx"
-            onnx_path.rename(fp32_path)
-            log(f"quantising to INT8 (QDQ), calibrated on {len(calibration.images)} training images ...")
-            quantize_int8(fp32_path, onnx_path, calibration.images)
-            check_onnx(onnx_path, image_size=size)
-            quantization = compare_int8(
-                fp32_path, onnx_path, evaluation.images, evaluation.labels, svm=svm, lineage_curves=run.curves
+        quantization, chosen, reports = None, "fp32", []
+        if requested != "fp32":
+            graphs = {"fp32": staging / "model.fp32.onnx"}
+            onnx_path.rename(graphs["fp32"])
+            if "int8" in candidates:
+                graphs["int8"] = staging / "model.int8.onnx"
+                log(f"quantising to INT8 (QDQ), calibrated on {len(calibration.images)} training images ...")
+                quantize_int8(graphs["fp32"], graphs["int8"], calibration.images)
+                check_onnx(graphs["int8"], image_size=size)
+            log(
+                f"checking {', '.join(candidates)} against FP32 on {len(evaluation.images)} validation "
+                "images ..."
             )
-            fp32_path.unlink()
-            log(quantization.summary())
+            chosen, reports = choose_precision(
+                serving.runtime, requested, {k: str(v) for k, v in graphs.items()}, evaluation.images,
+                evaluation.labels, svm=svm, lineage_curves=run.curves, flags=flags,
+                max_f1_loss=options.max_f1_loss, min_agreement=options.min_agreement,
+            )  # fmt: skip
+            for report in reports:
+                log(report.summary())
+            if requested == "auto":
+                log(
+                    f"auto: {serving.runtime} {chosen.upper()} is the fastest precision that passes on "
+                    "this CPU"
+                )
+            graphs["int8" if chosen == "int8" else "fp32"].rename(onnx_path)
+            for path in graphs.values():
+                path.unlink(missing_ok=True)
+            if chosen == "int8":
+                quantization = QuantizationReport.from_precision_report(
+                    next(r for r in reports if r.precision == "int8")
+                )
+        serving = dataclasses.replace(
+            serving, precision=chosen, cpu_features=chosen_cpu_features(chosen, flags)
+        ).validate()
 
-        if serving.runtime == "python":
+        if serving.runtime in ("python", "openvino"):
             _copy_module(_TRITON_MODELS, "backbone_python.py", backbone_dir / "model.py")
             _copy_module(_TRITON_MODELS, "triton_io.py", backbone_dir / TRITON_IO_MODULE)
+            _copy_module(_TRITON_MODELS, "engines.py", backbone_dir / ENGINES_MODULE)
         (staging / T.BACKBONE / "config.pbtxt").write_text(
             to_text(backbone_config(image_size=size, embedding_dim=dim, options=serving))
         )
@@ -339,7 +389,18 @@ def export_repository(
             "export": {
                 "runtime": serving.runtime,
                 "tensorrt": serving.tensorrt,
-                "quantize": options.quantize,
+                "quantize": "int8" if chosen == "int8" else None,
+                "precision": {
+                    "requested": requested,
+                    "chosen": chosen,
+                    # the flags of the export machine that give the chosen precision its hardware
+                    # path; the served backbone warns at load on a CPU that lacks one of them
+                    "cpu_features": list(serving.cpu_features),
+                    "cpu": {"model": cpu["model"], "flags": list(cpu["flags"])},
+                    "max_f1_loss": options.max_f1_loss,
+                    "min_agreement": options.min_agreement,
+                    "checks": [r.to_dict() for r in reports],
+                },
                 "image_size": size,
                 "embedding_dim": dim,
                 "classes": classes,
@@ -395,4 +456,6 @@ def export_repository(
         quantization,
         time.perf_counter() - start,
         parameters,
+        chosen,
+        reports,
     )

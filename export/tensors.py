@@ -1,4 +1,6 @@
-"""Names, data types and shapes of the served models and tensors (DESIGN.md, "Serving contract").
+"""Names, data types and shapes of the served models and tensors.
+
+Docs: docs/architecture.md, "The tensor contract".
 
 One table that the config writer, the repository check and the tests all read, so that the ONNX
 graph, every ``config.pbtxt`` and the ensemble maps cannot drift apart. The Triton python models
@@ -92,7 +94,7 @@ def postprocess_outputs(n_classes: int, n_lineages: int, embedding_dim: int) -> 
 
 
 def ensemble_outputs(n_classes: int, n_lineages: int, embedding_dim: int) -> list[TensorSpec]:
-    """DESIGN.md's ensemble outputs, in its order."""
+    """The ensemble outputs of docs/architecture.md, "The tensor contract", in its order."""
     return _classification_outputs(n_classes, n_lineages) + [
         TensorSpec(EMBEDDING, "TYPE_FP32", (embedding_dim,))
     ]

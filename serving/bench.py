@@ -8,8 +8,10 @@ divided by ``duration``, latencies are their round-trip times. Triton's statisti
 both ends of the measured window, gives each model's compute and queue time per cell and the
 average batch the dynamic batcher formed.
 
-``--baseline`` runs the repository's ``smr_backbone/1/model.onnx`` in this process with
-onnxruntime on the same batch for the same time: the throughput a user would get without a server.
+``--baseline`` runs the repository's ``smr_backbone/1/model.onnx`` in this process on the same
+batch for the same time, with the runtime and precision the served backbone runs (its config's
+``engine`` and ``precision``; onnxruntime for Triton's onnxruntime backend): the throughput a user
+would get without a server.
 """
 
 from __future__ import annotations
@@ -297,37 +299,42 @@ def _sleep_until(t: float) -> None:
 # In-process baseline
 
 
-def bench_onnxruntime(
-    onnx_path: str | os.PathLike[str],
-    *,
-    batch_size: int,
-    duration: float,
-    warmup: float = 3.0,
-    threads: int = 0,
-) -> BenchResult:
-    """onnxruntime in this process on the same batch: the throughput without a server."""
-    import onnxruntime as ort
+def backbone_engine(repository: str | os.PathLike[str], *, threads: int = 0):
+    """The served backbone of ``repository`` as an in-process engine, at the runtime and precision
+    its config names (``engines.BackboneEngine``); raises ``BenchError`` without ``model.onnx``."""
+    from smr.export.pbtxt import parse_config
 
-    path = Path(onnx_path)
+    from .triton_models.engines import BackboneEngine
+
+    folder = Path(repository) / BACKBONE
+    path = folder / "1" / "model.onnx"
     if not path.is_file():
         raise BenchError(
             f"{path} does not exist; --baseline needs --repository DIR of an exported repository"
         )
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    session = ort.InferenceSession(os.fspath(path), sess_options=options, providers=["CPUExecutionProvider"])
-    graph_input = session.get_inputs()[0]
-    image_shape = [int(d) for d in graph_input.shape[1:]]
+    params = parse_config(folder / "config.pbtxt").parameters
+
+    def param(key: str, default: str) -> str:
+        return params[key].string_value if key in params and params[key].string_value else default
+
+    engine, precision = param("engine", "onnxruntime"), param("precision", "fp32")
+    return BackboneEngine(path, engine, precision, threads=threads)
+
+
+def bench_in_process(
+    run, image_shape: Sequence[int], *, batch_size: int, duration: float, warmup: float = 3.0
+) -> BenchResult:
+    """``run(images)`` in this process on one batch of random patches, for ``duration`` seconds."""
     images = random_images(batch_size, image_shape, seed=0)
     end_warmup = time.perf_counter() + warmup
     while time.perf_counter() < end_warmup:
-        session.run(None, {graph_input.name: images})
+        run(images)
     latencies = []
-    cpu_start = time.process_time()  # every onnxruntime thread is a thread of this process
+    cpu_start = time.process_time()  # every runtime thread is a thread of this process
     start = time.perf_counter()
     while time.perf_counter() - start < duration:
         t0 = time.perf_counter()
-        session.run(None, {graph_input.name: images})
+        run(images)
         latencies.append(time.perf_counter() - t0)
     elapsed = time.perf_counter() - start
     cpu_seconds = time.process_time() - cpu_start
@@ -338,6 +345,43 @@ def bench_onnxruntime(
         cells_per_s=len(latencies) * batch_size / elapsed, p50_ms=p50, p95_ms=p95, p99_ms=p99,
         cpu_seconds=cpu_seconds,
     )  # fmt: skip
+
+
+def bench_onnxruntime(
+    onnx_path: str | os.PathLike[str],
+    *,
+    batch_size: int,
+    duration: float,
+    warmup: float = 3.0,
+    threads: int = 0,
+) -> BenchResult:
+    """onnxruntime in this process on the same batch: the throughput without a server."""
+    from .triton_models.engines import BackboneEngine
+
+    path = Path(onnx_path)
+    if not path.is_file():
+        raise BenchError(
+            f"{path} does not exist; --baseline needs --repository DIR of an exported repository"
+        )
+    precision = "int8" if _is_qdq(path) else "fp32"
+    engine = BackboneEngine(path, "onnxruntime", precision, threads=threads)
+    return bench_in_process(
+        engine, _graph_image_shape(path), batch_size=batch_size, duration=duration, warmup=warmup
+    )
+
+
+def _is_qdq(path: Path) -> bool:
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return any(node.op_type == "QuantizeLinear" for node in graph.node)
+
+
+def _graph_image_shape(path: Path) -> list[int]:
+    import onnx
+
+    (graph_input,) = onnx.load(str(path), load_external_data=False).graph.input
+    return [d.dim_value for d in graph_input.type.tensor_type.shape.dim[1:]]
 
 
 # --------------------------------------------------------------------------------------------
@@ -385,11 +429,7 @@ def run_cli(args) -> int:
     image_shape, max_batch = server_image_shape(args.url, args.model)
     if max_batch and args.batch_size > max_batch:
         raise BenchError(f"--batch-size {args.batch_size} exceeds the server's max_batch_size {max_batch}")
-    onnx_path = Path(args.repository) / BACKBONE / "1" / "model.onnx"
-    if args.baseline and not onnx_path.is_file():
-        raise BenchError(
-            f"--baseline: {onnx_path} does not exist; pass --repository DIR of the served repository"
-        )
+    engine = backbone_engine(args.repository, threads=args.baseline_threads) if args.baseline else None
     per_setting = args.warmup + args.duration + 3
     total = per_setting * (len(args.concurrency) + (1 if args.baseline else 0))
     print(
@@ -410,14 +450,10 @@ def run_cli(args) -> int:
                 f"concurrency {concurrency}: {result.errors} client(s) stopped on an error: "
                 f"{result.first_error}"
             )
-    if args.baseline:
+    if engine is not None:
         results.append(
-            bench_onnxruntime(
-                onnx_path,
-                batch_size=args.batch_size,
-                duration=args.duration,
-                warmup=args.warmup,
-                threads=args.baseline_threads,
+            bench_in_process(
+                engine, image_shape, batch_size=args.batch_size, duration=args.duration, warmup=args.warmup
             )
         )
     print(format_table(results))
@@ -434,7 +470,7 @@ def run_cli(args) -> int:
     if args.baseline:
         baseline = results[-1]
         print(
-            f"in-process onnxruntime: {baseline.cells_per_s:.1f} cells/s; "
+            f"in-process {engine.describe()}: {baseline.cells_per_s:.1f} cells/s; "
             f"served / in-process = {best.cells_per_s / baseline.cells_per_s:.3f}"
         )
         if not math.isnan(best.cells_per_cpu_s):

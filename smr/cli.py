@@ -17,6 +17,10 @@ the user can fix: the message is printed and :class:`CommandExit` carries status
 :func:`main`, or 1 when the message was raised while handling a ``RuntimeError`` (a failure, e.g.
 ``raise SystemExit(...) from None`` in an ``except TrainError``). Any other exception is printed as
 one ``smr <cmd>: error:`` line with status 1 (``SMR_DEBUG=1`` shows the traceback instead).
+
+Only the command layer (the ``cli.py`` modules, this one, the demo) raises ``SystemExit``: library
+modules raise their own exceptions (``TrainError``, ``ConfigError``, ...), which the sub-command
+functions in ``cli.py`` turn into those messages (``tests/test_imports.py`` checks it).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Shared fixtures. The development data set lives beside the checkout in ../shared/data."""
+"""Shared fixtures. The development data set lives beside the checkout in ../shared/data (or where
+$SMR_SHARED_DATA says); tests/test_imports.py allows this file to name that path."""
 
 from __future__ import annotations
 

@@ -83,3 +83,31 @@ def test_usage_errors_of_real_sub_commands_have_status_2(tmp_path, capsys):
     assert main(["synth", str(tmp_path / "s"), "--n-cells", "3"]) == 2
     err = capsys.readouterr().err
     assert "smr synth: error: --n-cells must be at least 15" in err
+
+
+def test_library_errors_of_smr_train_become_one_line_with_their_status(tmp_path, monkeypatch, capsys):
+    """The library raises exceptions; ``smr train`` turns them into its message and status."""
+    from smr.train import engine
+    from smr.train.engine import TrainError
+
+    def fail(*args, **kwargs):
+        raise TrainError("epoch 3: the loss became nan; lower --lr")
+
+    monkeypatch.setattr(engine, "train", fail)
+    with pytest.raises(CommandExit) as exc:
+        main(["train", str(tmp_path), "--out", str(tmp_path / "run")])
+    assert exc.value.code == EXIT_FAILURE
+    assert capsys.readouterr().err == "smr train: error: epoch 3: the loss became nan; lower --lr\n"
+
+    with pytest.raises(CommandExit) as exc:  # a ConfigError of the flags: a usage error
+        main(["train", str(tmp_path), "--out", str(tmp_path / "run"), "--svm-cv", "1"])
+    assert exc.value.code == EXIT_USAGE
+    assert capsys.readouterr().err.startswith("smr train: error: ") and "svm_cv=1" in str(exc.value)
+
+    from smr.core.lineages import PAPER_SPEC
+
+    (tmp_path / "lineages.toml").write_text(PAPER_SPEC.to_toml())
+    missing = tmp_path / "missing.json"
+    with pytest.raises(CommandExit, match=f"smr cv: error: cannot read --config {missing}") as exc:
+        main(["cv", str(tmp_path), "--out", str(tmp_path / "cv"), "--config", str(missing)])
+    assert exc.value.code == EXIT_USAGE

@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import sys
 
-from .cli import get_args_parser
+from .cli import get_args_parser, train_command
 
 
 def _main(argv: list[str] | None = None) -> int:
-    from .engine import main
-
-    return main(get_args_parser().parse_args(argv))
+    return train_command(get_args_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -1,14 +1,22 @@
-"""``smr train``, ``smr evaluate`` and ``smr cv``: argument parsing only (torch is imported in ``run``).
+"""``smr train``, ``smr evaluate`` and ``smr cv``: the arguments and the commands.
 
 Every :class:`~smr.train.config.TrainConfig` field has a flag here. Flags left out keep the
 config's default (or the value from ``--config FILE``), so ``--help`` shows the real defaults.
+
+The commands (:func:`train_command`, :func:`evaluate_command`, :func:`cv_command`) import torch and
+the training modules when they run, so ``smr --help`` stays fast. The library raises exceptions
+(:class:`~smr.train.config.ConfigError`, :class:`~smr.train.engine.TrainError`, ...); the commands
+turn them into ``SystemExit("smr <cmd>: error: ...")``, which :func:`smr.cli.run_command` prints as one
+line with status 2, or 1 for a failure (an error that is a ``RuntimeError``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-from collections.abc import Callable, Iterable
+import sys
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +39,9 @@ __all__ = [
     "get_args_parser",
     "config_from_args",
     "parse_gamma",
+    "train_command",
+    "evaluate_command",
+    "cv_command",
 ]
 
 _DEFAULTS = TrainConfig()
@@ -94,6 +105,12 @@ _OPTIONS: list[tuple[str, str, dict[str, Any], str]] = [
         "--crop-scale",
         {"type": float, "nargs": 2, "metavar": ("MIN", "MAX")},
         "area range of the random resized crop",
+    ),
+    (
+        "stain_jitter",
+        "--stain-jitter",
+        {"type": float, "metavar": "S"},
+        "per-image stain jitter: each colour's optical density scaled by 1±S and shifted by ±S/2 (0: off)",
     ),
     ("optimizer", "--optimizer", {"choices": OPTIMIZERS}, "optimiser"),
     ("lr", "--lr", {"type": float}, "learning rate"),
@@ -165,7 +182,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, exclude: Iterable[s
 def config_from_args(args: argparse.Namespace, **overrides: Any) -> TrainConfig:
     """The TrainConfig of parsed arguments: defaults < ``--config`` file < flags < ``overrides``.
 
-    Raises ``SystemExit`` with a message naming the bad value and the valid choices.
+    Raises :class:`ConfigError` with a message naming the bad value and the valid choices.
     """
     values: dict[str, Any] = {}
     path = getattr(args, "config_file", None)
@@ -173,15 +190,15 @@ def config_from_args(args: argparse.Namespace, **overrides: Any) -> TrainConfig:
         try:
             doc = json.loads(Path(path).read_text())
         except (OSError, json.JSONDecodeError) as exc:
-            raise SystemExit(f"smr train: error: cannot read --config {path}: {exc}") from None
+            raise ConfigError(f"cannot read --config {path}: {exc}") from exc
         values.update(doc.get("config", doc) if isinstance(doc, dict) else {})
     names = {name for name, *_ in _OPTIONS + _SWITCHES + _ON_SWITCHES}
     values.update({k: v for k, v in vars(args).items() if k in names})
     values.update(overrides)
     try:
         return TrainConfig.from_dict(values)
-    except (ConfigError, TypeError) as exc:
-        raise SystemExit(f"smr train: error: {exc}") from None
+    except TypeError as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 def _add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -238,7 +255,7 @@ def add_parsers(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_train_arguments(train)
-    train.set_defaults(func=_lazy("smr.train.engine", "run"))
+    train.set_defaults(func=train_command)
 
     ev = subparsers.add_parser(
         "evaluate",
@@ -274,7 +291,7 @@ def add_parsers(subparsers: Any) -> None:
     ev.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: 64)")
     ev.add_argument("--spec", metavar="FILE", default=None, help="lineage spec instead of DATA/lineages.toml")
     ev.add_argument("--no-progress", action="store_true", help="no progress bars")
-    ev.set_defaults(func=_lazy("smr.train.evaluate", "run"))
+    ev.set_defaults(func=evaluate_command)
 
     cv = subparsers.add_parser(
         "cv",
@@ -313,13 +330,165 @@ def add_parsers(subparsers: Any) -> None:
     cv.add_argument("--dry-run", action="store_true", help="list the runs and exit")
     cv.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_config_arguments(cv, exclude=("loss", "curve", "targets", "folds", "fold"))
-    cv.set_defaults(func=_lazy("smr.train.cv", "run"))
+    cv.set_defaults(func=cv_command)
 
 
-def _lazy(module: str, name: str) -> Callable[[argparse.Namespace], int]:
-    def call(args: argparse.Namespace) -> int:
-        import importlib
+# ----------------------------------------------------------------------------------------------
+# the commands
 
-        return int(getattr(importlib.import_module(module), name)(args) or 0)
 
-    return call
+@contextlib.contextmanager
+def _errors_of(command: str, *errors: type[Exception]) -> Iterator[None]:
+    """``errors`` raised inside become ``smr <command>: error: <message>``; the error stays the
+    ``SystemExit``'s context, so :func:`smr.cli.run_command` gives a ``RuntimeError`` status 1."""
+    try:
+        yield
+    except errors as exc:
+        raise SystemExit(f"smr {command}: error: {exc}") from None
+
+
+def train_command(args: argparse.Namespace) -> int:
+    """``smr train`` / ``python -m smr.train`` with parsed arguments."""
+    import torch
+    import torch.distributed as dist
+
+    from .engine import TrainError, train
+
+    with _errors_of("train", ConfigError, TrainError):
+        config = config_from_args(args)
+        if getattr(args, "threads", None):
+            torch.set_num_threads(args.threads)
+        try:
+            train(
+                args.data,
+                args.out,
+                config,
+                spec=args.spec,
+                overwrite=args.overwrite,
+                resume=args.resume,
+                cache_dir=args.cache_dir,
+                cache=not args.no_cache,
+                progress=not args.no_progress and sys.stderr.isatty(),
+            )
+        finally:
+            if dist.is_available() and dist.is_initialized():
+                dist.destroy_process_group()
+    return 0
+
+
+def evaluate_command(args: argparse.Namespace) -> int:
+    """``smr evaluate RUN DATA``."""
+    from smr.core.lineages import SpecError
+    from smr.data.folder import DatasetError, FolderDataset
+
+    from .evaluate import (
+        EvaluateError,
+        evaluate_run,
+        format_report,
+        select_subset,
+        warn_about_training_images,
+    )
+    from .rundir import RunDirError, load_run
+
+    with _errors_of("evaluate", RunDirError):
+        trained = load_run(args.run_dir)
+        other = load_run(args.compare) if args.compare else None
+    with _errors_of("evaluate", DatasetError, SpecError):
+        dataset = FolderDataset.scan(args.data, args.spec or trained.spec, progress=not args.no_progress)
+    if list(dataset.spec.classes) != list(trained.spec.classes):
+        raise SystemExit(
+            f"smr evaluate: error: {args.data} has classes {list(dataset.spec.classes)} but the run was "
+            f"trained on {list(trained.spec.classes)}"
+        )
+    if args.subset == "all":
+        warn_about_training_images(dataset, Path(args.run_dir))
+    with _errors_of("evaluate", EvaluateError):
+        dataset = select_subset(dataset, Path(args.run_dir), args.subset)
+    if len(dataset) == 0:
+        raise SystemExit(f"smr evaluate: error: no images to evaluate in {args.data}")
+    progress = not args.no_progress and sys.stderr.isatty()
+    result = evaluate_run(trained, dataset, batch_size=args.batch_size, progress=progress)
+    print(json.dumps(result.report, indent=2) if args.json else format_report(result.report))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result.report, indent=2) + "\n")
+    if args.figures:
+        from .figures import confusion_figure, nearest_patches_figure, positions_figure
+
+        folder = Path(args.figures)
+        folder.mkdir(parents=True, exist_ok=True)
+        panels = [(trained, result)]
+        if other is not None:
+            panels.insert(
+                0, (other, evaluate_run(other, dataset, batch_size=args.batch_size, progress=progress))
+            )
+        written = [
+            positions_figure(panels, folder / "curve_positions.png"),
+            nearest_patches_figure(trained, result, folder / "nearest_patches.png"),
+            confusion_figure(result.report, folder / "confusion_matrix.png"),
+        ]
+        print("figures: " + ", ".join(str(p) for p in written), file=sys.stderr)
+    return 0
+
+
+def cv_command(args: argparse.Namespace) -> int:
+    """``smr cv DATA --out DIR --folds K --grid ...``."""
+    from smr.core.lineages import SpecError
+    from smr.data.folder import DatasetError, resolve_spec
+
+    from .cv import CVError, check_settings, collect, expand_grid, plan, run_jobs, write_tables
+    from .rundir import is_complete
+
+    with _errors_of("cv", ValueError):
+        variants = expand_grid(args.grid)
+    if args.folds < 2:
+        raise SystemExit(f"smr cv: error: --folds {args.folds}: need at least 2")
+    if args.jobs < 1:
+        raise SystemExit(f"smr cv: error: --jobs {args.jobs}: need at least 1")
+    with _errors_of("cv", DatasetError, SpecError, ConfigError):
+        spec = resolve_spec(args.data, None)
+        base = config_from_args(args, folds=args.folds, fold=0)
+    out = Path(args.out)
+    with _errors_of("cv", ValueError):
+        jobs = plan(out, variants, args.folds, args.only_fold)
+    todo = [j for j in jobs if not is_complete(j.run_dir)]
+    print(
+        f"{len(variants)} variant(s) x {len(jobs) // max(len(variants), 1)} fold(s): "
+        f"{len(jobs) - len(todo)} complete, {len(todo)} to train",
+        file=sys.stderr,
+    )
+    if args.dry_run:
+        for j in jobs:
+            print(f"{'done ' if j not in todo else 'todo '} {j.name:<40} {j.run_dir}")
+        return 0
+    out.mkdir(parents=True, exist_ok=True)
+    settings = {
+        "data": str(Path(args.data).resolve()),
+        "folds": args.folds,
+        "base_config": {
+            k: v for k, v in base.to_dict().items() if k not in ("loss", "curve", "targets", "fold")
+        },
+        "grid": [v.name for v in variants],
+    }
+    with _errors_of("cv", CVError):
+        check_settings(out, settings)
+    failures = run_jobs(
+        todo,
+        args.data,
+        base,
+        args.folds,
+        out,
+        processes=args.jobs,
+        threads=args.threads,
+        progress=not args.no_progress,
+    )
+    lineages = [lin.name for lin in spec.lineages]
+    rows = collect(out, variants, args.folds, lineages)
+    written = write_tables(out, rows, lineages, args.folds)
+    print((out / "cv_results.md").read_text())
+    print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)
+    if failures:
+        for job, why in failures:
+            print(f"smr cv: {job.name} failed: {why}", file=sys.stderr)
+        return 1
+    return 0

@@ -106,6 +106,9 @@ class TrainConfig:
     crop_scale: tuple[float, float] = (0.7, 1.0)
     rotation: bool = True  # random rotation by any angle (cells have no orientation)
     flips: bool = True  # random horizontal and vertical flips
+    # stain jitter S: per image, each RGB channel's optical density -log(I) is scaled by U(1-S, 1+S)
+    # and shifted by U(-S/2, S/2), mimicking slide-to-slide staining. 0: off (the PBC results).
+    stain_jitter: float = 0.0
 
     # --- optimisation -------------------------------------------------------------------------
     # AdamW with decoupled weight decay: the network is trained from scratch (no ImageNet weights
@@ -124,7 +127,7 @@ class TrainConfig:
     # "auto": bf16 autocast where the hardware has a bf16 path (AVX-512 BF16 / AMX, CUDA 8.0+),
     # else fp32; "fp32"; "bf16". Weights, optimiser and evaluation embeddings stay fp32.
     precision: str = "auto"
-    channels_last: bool = False  # NHWC tensors (measured slower for DenseNet on CPU; see docs)
+    channels_last: bool = False  # NHWC tensors (measurements disagree so far; BENCHMARKS.md, "Training")
     batch_size: int = 64  # images per batch (per process under DDP)
     # class-balanced sampling: each batch holds this many images of each class it draws, so the
     # triplet miner always finds positives (pml MPerClassSampler).
@@ -207,6 +210,7 @@ class TrainConfig:
         check(self.image_size >= 32, f"image_size={self.image_size} must be >= 32 (DenseNet downsamples 32x)")
         check(len(self.mean) == 3 and len(self.std) == 3, "mean and std need 3 values (R, G, B)")
         check(all(s > 0 for s in self.std), f"std={self.std} must be positive")
+        check(0 <= self.stain_jitter < 1, f"stain_jitter={self.stain_jitter} must lie in [0, 1)")
         lo, hi = self.crop_scale
         check(0 < lo <= hi <= 1, f"crop_scale={self.crop_scale} must satisfy 0 < min <= max <= 1")
         check(self.lr > 0, f"lr={self.lr} must be > 0")

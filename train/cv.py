@@ -14,7 +14,6 @@ standard deviation over the folds), ``cv_macro_f1.png`` (and ``cv_spearman_<line
 
 from __future__ import annotations
 
-import argparse
 import csv
 import fnmatch
 import json
@@ -39,7 +38,9 @@ __all__ = [
     "plan",
     "collect",
     "write_tables",
-    "run",
+    "CVError",
+    "check_settings",
+    "run_jobs",
 ]
 
 
@@ -138,41 +139,80 @@ def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
     if not values:
         return None, None
     mean = sum(values) / len(values)
-    if len(values) < 2:
-        return mean, 0.0
+    if len(values) < 2:  # a sample standard deviation needs two values
+        return mean, None
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def _strictly_increasing(values: Sequence[float | None]) -> bool:
+    pairs = zip(values[:-1], values[1:], strict=True)
+    return all(a is not None and b is not None and a < b for a, b in pairs)
 
 
 def collect(
     out: Path, variants: Sequence[Variant], folds: int, lineages: Sequence[str]
 ) -> list[dict[str, Any]]:
-    """One row per variant: fold count, macro F1 and Spearman per lineage (mean, std over folds)."""
+    """One row per variant: mean and std over the folds of macro F1, of Spearman per lineage and of
+    each lineage stage's F1; the stages' mean curve positions; in how many folds they are in order.
+    """
     from .rundir import CONFIG_FILE, is_complete
 
     rows = []
     for v in variants:
-        f1s: list[float] = []
-        rhos: dict[str, list[float]] = {name: [] for name in lineages}
-        for f in range(folds):
-            run_dir = out / v.slug / f"fold{f}"
-            if not is_complete(run_dir):
-                continue
-            result = json.loads((run_dir / CONFIG_FILE).read_text())["result"]
-            f1s.append(float(result["best_val_macro_f1"]))
-            for name, rho in (result.get("val_spearman") or {}).items():
-                if rho is not None and name in rhos:
-                    rhos[name].append(float(rho))
+        results = [
+            json.loads((out / v.slug / f"fold{f}" / CONFIG_FILE).read_text())["result"]
+            for f in range(folds)
+            if is_complete(out / v.slug / f"fold{f}")
+        ]
         row: dict[str, Any] = {"variant": v.name, "loss": v.loss, "curve": v.curve, "targets": v.targets}
-        row["folds"] = len(f1s)
-        row["macro_f1_mean"], row["macro_f1_std"] = _mean_std(f1s)
+        row["folds"] = len(results)
+        row["macro_f1_mean"], row["macro_f1_std"] = _mean_std(
+            [float(r["best_val_macro_f1"]) for r in results]
+        )
         for name in lineages:
-            row[f"spearman_{name}_mean"], row[f"spearman_{name}_std"] = _mean_std(rhos[name])
+            rhos = [r.get("val_spearman", {}).get(name) for r in results]
+            row[f"spearman_{name}_mean"], row[f"spearman_{name}_std"] = _mean_std(
+                [float(rho) for rho in rhos if rho is not None]
+            )
+            stages = _stages(results, name)
+            for stage in stages:
+                f1s = [
+                    r["val_per_class_f1"][stage] for r in results if stage in r.get("val_per_class_f1", {})
+                ]
+                row[f"f1_{stage}_mean"], row[f"f1_{stage}_std"] = _mean_std(f1s)
+                ts = [r["val_mean_position"][name][stage] for r in results if stage in _positions(r, name)]
+                row[f"position_{stage}_mean"], _ = _mean_std([t for t in ts if t is not None])
+            orders = [_strictly_increasing([_positions(r, name).get(s) for s in stages]) for r in results]
+            row[f"stages_{name}"] = ",".join(stages)
+            row[f"ordered_{name}"] = sum(orders) if stages else None
         rows.append(row)
     return rows
 
 
+def _positions(result: dict[str, Any], lineage: str) -> dict[str, float | None]:
+    return result.get("val_mean_position", {}).get(lineage, {})
+
+
+def _stages(results: Sequence[dict[str, Any]], lineage: str) -> list[str]:
+    """The lineage's classes in stage order, as the runs recorded them (empty for older runs)."""
+    for r in results:
+        if _positions(r, lineage):
+            return list(_positions(r, lineage))
+    return []
+
+
+def _row_stages(rows: Sequence[dict[str, Any]], lineage: str) -> list[str]:
+    """The lineage's stages that any row has figures for, in stage order."""
+    for r in rows:
+        if r.get(f"stages_{lineage}"):
+            return r[f"stages_{lineage}"].split(",")
+    return []
+
+
 def _fmt(mean: float | None, std: float | None) -> str:
-    return "-" if mean is None else f"{mean:.3f} ± {std:.3f}"
+    if mean is None:
+        return "-"
+    return f"{mean:.3f}" if std is None else f"{mean:.3f} ± {std:.3f}"
 
 
 def write_tables(
@@ -184,15 +224,28 @@ def write_tables(
 
     csv_path = out / "cv_results.csv"
     with csv_path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["variant"])
+        fields = list(dict.fromkeys(k for r in rows for k in r)) or ["variant"]
+        writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()
         for r in rows:
             writer.writerow({k: ("" if v is None else v) for k, v in r.items()})
     header = ["variant", "folds", "macro F1"] + [f"Spearman {name}" for name in lineages]
+    stages = {name: _row_stages(rows, name) for name in lineages}
+    for name in lineages:
+        header += [f"F1 {stage}" for stage in stages[name]]
+        if stages[name]:
+            header += [f"{name} positions", f"{name} in order"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         cells = [r["variant"], f"{r['folds']}/{folds}", _fmt(r["macro_f1_mean"], r["macro_f1_std"])]
         cells += [_fmt(r[f"spearman_{n}_mean"], r[f"spearman_{n}_std"]) for n in lineages]
+        for name in lineages:
+            cells += [_fmt(r.get(f"f1_{s}_mean"), r.get(f"f1_{s}_std")) for s in stages[name]]
+            if stages[name]:
+                ts = [r.get(f"position_{s}_mean") for s in stages[name]]
+                cells.append(", ".join("-" if t is None else f"{t:.2f}" for t in ts))
+                ordered = r.get(f"ordered_{name}")
+                cells.append("-" if ordered is None else f"{ordered}/{r['folds']} folds")
         lines.append("| " + " | ".join(cells) + " |")
     md_path = out / "cv_results.md"
     md_path.write_text(
@@ -216,8 +269,13 @@ def write_tables(
 # running
 
 
-def _check_settings(out: Path, settings: dict[str, Any]) -> None:
-    """A resumed cv must use the same data, folds and hyper-parameters as the runs already there."""
+class CVError(ValueError):
+    """A cross-validation that cannot go on in its output folder (the message says how to fix it)."""
+
+
+def check_settings(out: Path, settings: dict[str, Any]) -> None:
+    """A resumed cv must use the same data, folds and hyper-parameters as the runs already there:
+    records ``settings`` in ``out/cv.json`` (the grid grows), or raises :class:`CVError`."""
     from .rundir import write_json
 
     path = out / "cv.json"
@@ -226,8 +284,8 @@ def _check_settings(out: Path, settings: dict[str, Any]) -> None:
         keys = ("data", "folds", "base_config")
         changed = [k for k in keys if previous.get(k) != settings.get(k)]
         if changed:
-            raise SystemExit(
-                f"smr cv: error: {out} holds a cross-validation with different {', '.join(changed)}; "
+            raise CVError(
+                f"{out} holds a cross-validation with different {', '.join(changed)}; "
                 "use a new --out (or the same settings to resume)"
             )
         settings["grid"] = list(dict.fromkeys(previous.get("grid", []) + settings["grid"]))
@@ -317,71 +375,3 @@ def run_jobs(
                 failures.append((job, status))
             print(f"[{done}/{len(jobs)}] {job.name}: {status}", file=sys.stderr, flush=True)
     return failures
-
-
-def run(args: argparse.Namespace) -> int:
-    """``smr cv DATA --out DIR --folds K --grid ...``."""
-    from smr.core.lineages import SpecError
-    from smr.data.folder import DatasetError, resolve_spec
-
-    from .cli import config_from_args
-    from .rundir import is_complete
-
-    try:
-        variants = expand_grid(args.grid)
-    except ValueError as exc:
-        raise SystemExit(f"smr cv: error: {exc}") from None
-    if args.folds < 2:
-        raise SystemExit(f"smr cv: error: --folds {args.folds}: need at least 2")
-    if args.jobs < 1:
-        raise SystemExit(f"smr cv: error: --jobs {args.jobs}: need at least 1")
-    try:
-        spec = resolve_spec(args.data, None)
-    except (DatasetError, SpecError) as exc:
-        raise SystemExit(f"smr cv: error: {exc}") from None
-    base = config_from_args(args, folds=args.folds, fold=0)
-    out = Path(args.out)
-    try:
-        jobs = plan(out, variants, args.folds, args.only_fold)
-    except ValueError as exc:
-        raise SystemExit(f"smr cv: error: {exc}") from None
-    todo = [j for j in jobs if not is_complete(j.run_dir)]
-    print(
-        f"{len(variants)} variant(s) x {len(jobs) // max(len(variants), 1)} fold(s): "
-        f"{len(jobs) - len(todo)} complete, {len(todo)} to train",
-        file=sys.stderr,
-    )
-    if args.dry_run:
-        for j in jobs:
-            print(f"{'done ' if j not in todo else 'todo '} {j.name:<40} {j.run_dir}")
-        return 0
-    out.mkdir(parents=True, exist_ok=True)
-    settings = {
-        "data": str(Path(args.data).resolve()),
-        "folds": args.folds,
-        "base_config": {
-            k: v for k, v in base.to_dict().items() if k not in ("loss", "curve", "targets", "fold")
-        },
-        "grid": [v.name for v in variants],
-    }
-    _check_settings(out, settings)
-    failures = run_jobs(
-        todo,
-        args.data,
-        base,
-        args.folds,
-        out,
-        processes=args.jobs,
-        threads=args.threads,
-        progress=not args.no_progress,
-    )
-    lineages = [lin.name for lin in spec.lineages]
-    rows = collect(out, variants, args.folds, lineages)
-    written = write_tables(out, rows, lineages, args.folds)
-    print((out / "cv_results.md").read_text())
-    print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)
-    if failures:
-        for job, why in failures:
-            print(f"smr cv: {job.name} failed: {why}", file=sys.stderr)
-        return 1
-    return 0

@@ -38,6 +38,10 @@ class BatchAugment:
     Working on the batch in the training process keeps both cores on the network: the data loader
     only gathers cached uint8 arrays. ``generator`` draws every random number, so a run (and a
     resumed run, which restores its state) is repeatable.
+
+    ``stain_jitter`` S > 0 then varies the staining per image, as slides of different days,
+    batches and laboratories do: each RGB channel's optical density OD = -ln((I + 1) / 256) becomes
+    a * OD + b with a ~ U(1 - S, 1 + S) and b ~ U(-S/2, S/2), drawn per image and channel.
     """
 
     def __init__(
@@ -46,11 +50,13 @@ class BatchAugment:
         crop_scale: tuple[float, float] = (0.7, 1.0),
         rotation: bool = True,
         flips: bool = True,
+        stain_jitter: float = 0.0,
         generator: torch.Generator | None = None,
     ) -> None:
         self.crop_scale = (float(crop_scale[0]), float(crop_scale[1]))
         self.rotation = rotation
         self.flips = flips
+        self.stain_jitter = float(stain_jitter)
         self.generator = generator
 
     def _uniform(self, n: int, lo: float, hi: float) -> torch.Tensor:
@@ -88,7 +94,17 @@ class BatchAugment:
         theta = self.matrices(x.shape[0]).to(x.dtype)
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
         out = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+        if self.stain_jitter > 0:
+            out = self.stain(out)
         return out.round_().clamp_(0, 255).to(torch.uint8)
+
+    def stain(self, x: torch.Tensor) -> torch.Tensor:
+        """Float (N, 3, H, W) intensities in [0, 255] with each image's stain varied (see the class)."""
+        n, s = x.shape[0], self.stain_jitter
+        scale = self._uniform(3 * n, 1 - s, 1 + s).view(n, 3, 1, 1).to(x.dtype)
+        shift = self._uniform(3 * n, -s / 2, s / 2).view(n, 3, 1, 1).to(x.dtype)
+        od = -torch.log((x.clamp(0, 255) + 1) / 256)
+        return 256 * torch.exp(-(od * scale + shift)) - 1
 
 
 def normalize(
@@ -119,7 +135,8 @@ class CellImages(Dataset):
         return len(self.images)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
-        img = torch.from_numpy(np.ascontiguousarray(self.images[i])).permute(2, 0, 1)
+        # a copy: the images may be a read-only memory map (smr.train.cache), which torch warns about
+        img = torch.from_numpy(np.array(self.images[i], copy=True)).permute(2, 0, 1)
         if self.transform is not None:
             img = self.transform(img)
         return img.contiguous(), int(self.labels[i]), i

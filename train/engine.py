@@ -19,7 +19,6 @@ embeddings are computed in shards and gathered, and rank 0 fits the SVM and writ
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import random
@@ -64,8 +63,7 @@ __all__ = [
     "train_one_epoch",
     "evaluate",
     "train",
-    "main",
-    "run",
+    "TrainError",
 ]
 
 RUN_FILES = (
@@ -359,6 +357,9 @@ class TrainResult:
     stopped_early: bool
     seconds: float
     val_spearman: dict[str, float | None] = field(default_factory=dict)
+    # at the best epoch: validation F1 per class, and per lineage the mean curve position per stage
+    val_per_class_f1: dict[str, float] = field(default_factory=dict)
+    val_mean_position: dict[str, dict[str, float | None]] = field(default_factory=dict)
     precision: str = "fp32"  # what autocast used ("auto" resolved on this machine)
     cpu_flags: list[str] = field(default_factory=list)  # the CPU's speed-relevant flags
 
@@ -370,6 +371,8 @@ class TrainResult:
             "stopped_early": self.stopped_early,
             "seconds": round(self.seconds, 2),
             "val_spearman": self.val_spearman,
+            "val_per_class_f1": self.val_per_class_f1,
+            "val_mean_position": self.val_mean_position,
             "precision": self.precision,
             "cpu_flags": self.cpu_flags,
         }
@@ -606,7 +609,7 @@ def train(
     :class:`TrainError` for data or settings that cannot be trained on.
     """
     from .cache import cached_images, decode_images
-    from .evaluate import maturity_correlation
+    from .evaluate import maturity_correlation, mean_positions
 
     config = config.validate()
     started = time.perf_counter()
@@ -672,6 +675,7 @@ def train(
         crop_scale=config.crop_scale,
         rotation=config.rotation,
         flips=config.flips,
+        stain_jitter=config.stain_jitter,
         generator=augment_generator,
     )
     loader_generator = torch.Generator()
@@ -716,6 +720,7 @@ def train(
     metrics = rundir.MetricsWriter(out) if env.is_main else None
     best_f1, best_epoch, since_best = -math.inf, 0, 0
     best_spearman: dict[str, float | None] = {}
+    best_detail: dict[str, Any] = {"per_class_f1": {}, "mean_position": {}}
     first_epoch = 1
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
@@ -729,6 +734,7 @@ def train(
         best = checkpoint["best"]
         best_f1, best_epoch, since_best = best["f1"], best["epoch"], best["since_best"]
         best_spearman = best["spearman"]
+        best_detail = best["detail"]
         first_epoch = checkpoint["epoch"] + 1
         if metrics is not None:
             metrics.restore(checkpoint["metrics"])
@@ -799,6 +805,13 @@ def train(
                 )
                 rundir.write_svm(out, svm.to_dict(classes))
                 best_spearman = maturity_correlation(curves, val_emb, y_val, maturities[val_idx], spec)
+                per_class = f1_score(
+                    y_val, svm.predict(val_emb), labels=np.arange(len(classes)), average=None, zero_division=0
+                )
+                best_detail = {
+                    "per_class_f1": {c: float(f) for c, f in zip(classes, per_class, strict=True)},
+                    "mean_position": mean_positions(curves, val_emb, y_val, spec),
+                }
             else:
                 since_best += 1
             row = {
@@ -830,6 +843,7 @@ def train(
                         "epoch": best_epoch,
                         "since_best": since_best,
                         "spearman": best_spearman,
+                        "detail": best_detail,
                     },
                     "metrics": metrics.rows,
                     "rng": _rng_state(augment_generator),
@@ -856,43 +870,11 @@ def train(
         stopped_early,
         time.perf_counter() - started,
         best_spearman,
+        val_per_class_f1=best_detail["per_class_f1"],
+        val_mean_position=best_detail["mean_position"],
         precision=precision,
         cpu_flags=list(hardware["flags"]),
     )
     rundir.write_result(out, result.to_dict())
     _say(env, f"best val macro-F1 {best_f1:.4f} at epoch {best_epoch}; run written to {out}")
     return result
-
-
-# ----------------------------------------------------------------------------------------------
-# command line
-
-
-def main(args: argparse.Namespace) -> int:
-    """``smr train`` / ``python -m smr.train`` with parsed arguments."""
-    from .cli import config_from_args
-
-    config = config_from_args(args)
-    if getattr(args, "threads", None):
-        torch.set_num_threads(args.threads)
-    try:
-        train(
-            args.data,
-            args.out,
-            config,
-            spec=args.spec,
-            overwrite=args.overwrite,
-            resume=args.resume,
-            cache_dir=args.cache_dir,
-            cache=not args.no_cache,
-            progress=not args.no_progress and sys.stderr.isatty(),
-        )
-    except TrainError as exc:
-        raise SystemExit(f"smr train: error: {exc}") from None
-    finally:
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
-    return 0
-
-
-run = main

@@ -10,8 +10,6 @@ each cell's position on its lineage's curve and its true maturity.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,8 +28,13 @@ __all__ = [
     "evaluate_run",
     "format_report",
     "select_subset",
-    "run",
+    "warn_about_training_images",
+    "EvaluateError",
 ]
+
+
+class EvaluateError(ValueError):
+    """A run cannot be evaluated on this data (the message says why and how to fix it)."""
 
 
 def maturity_correlation(
@@ -106,14 +109,14 @@ def select_subset(dataset: Any, run_dir: Path, subset: str) -> Any:
     rel = {p.relative_to(dataset.root).as_posix(): i for i, p in enumerate(dataset.paths)}
     missing = [p for p in wanted if p not in rel]
     if missing:
-        raise SystemExit(
-            f"smr evaluate: error: {len(missing)} of the run's {subset} images are not in {dataset.root} "
+        raise EvaluateError(
+            f"{len(missing)} of the run's {subset} images are not in {dataset.root} "
             f"(e.g. {missing[0]}); --subset {subset} needs the data set the run was trained on"
         )
     return dataset.subset([rel[p] for p in wanted])
 
 
-def _warn_about_training_images(dataset: Any, run_dir: Path) -> None:
+def warn_about_training_images(dataset: Any, run_dir: Path) -> None:
     """Scores on the images a run was trained on are optimistic: say so."""
     from .rundir import RunDirError, read_split
 
@@ -213,54 +216,3 @@ def format_report(report: dict[str, Any]) -> str:
         for lineage, rho in report["spearman"].items():
             lines.append(f"  {lineage}: {'n/a' if rho is None else f'{rho:.4f}'}")
     return "\n".join(lines)
-
-
-def run(args: argparse.Namespace) -> int:
-    """``smr evaluate RUN DATA``."""
-    from smr.core.lineages import SpecError
-    from smr.data.folder import DatasetError, FolderDataset
-
-    from .rundir import RunDirError, load_run
-
-    try:
-        trained = load_run(args.run_dir)
-        other = load_run(args.compare) if args.compare else None
-    except RunDirError as exc:
-        raise SystemExit(f"smr evaluate: error: {exc}") from None
-    try:
-        dataset = FolderDataset.scan(args.data, args.spec or trained.spec, progress=not args.no_progress)
-    except (DatasetError, SpecError) as exc:
-        raise SystemExit(f"smr evaluate: error: {exc}") from None
-    if list(dataset.spec.classes) != list(trained.spec.classes):
-        raise SystemExit(
-            f"smr evaluate: error: {args.data} has classes {list(dataset.spec.classes)} but the run was "
-            f"trained on {list(trained.spec.classes)}"
-        )
-    if args.subset == "all":
-        _warn_about_training_images(dataset, Path(args.run_dir))
-    dataset = select_subset(dataset, Path(args.run_dir), args.subset)
-    if len(dataset) == 0:
-        raise SystemExit(f"smr evaluate: error: no images to evaluate in {args.data}")
-    progress = not args.no_progress and sys.stderr.isatty()
-    result = evaluate_run(trained, dataset, batch_size=args.batch_size, progress=progress)
-    print(json.dumps(result.report, indent=2) if args.json else format_report(result.report))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result.report, indent=2) + "\n")
-    if args.figures:
-        from .figures import confusion_figure, nearest_patches_figure, positions_figure
-
-        folder = Path(args.figures)
-        folder.mkdir(parents=True, exist_ok=True)
-        panels = [(trained, result)]
-        if other is not None:
-            panels.insert(
-                0, (other, evaluate_run(other, dataset, batch_size=args.batch_size, progress=progress))
-            )
-        written = [
-            positions_figure(panels, folder / "curve_positions.png"),
-            nearest_patches_figure(trained, result, folder / "nearest_patches.png"),
-            confusion_figure(result.report, folder / "confusion_matrix.png"),
-        ]
-        print("figures: " + ", ".join(str(p) for p in written), file=sys.stderr)
-    return 0

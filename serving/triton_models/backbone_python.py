@@ -1,11 +1,13 @@
-"""Triton python model ``smr_backbone`` (``smr export --runtime python``): ONNX backbone via onnxruntime.
+"""Triton python model ``smr_backbone`` (``smr export --runtime python|openvino``): the ONNX backbone.
 
-For servers that have the python backend but not the onnxruntime backend (the embedded
-``tritonserver`` of the ``nvidia-pytriton`` wheel). ``smr export`` copies this file to
-``smr_backbone/1/model.py`` beside ``model.onnx`` and ``smr_triton_io.py`` (the tensor I/O it
-shares with ``smr_postprocess``, from ``triton_io.py``); it runs the same graph as the onnxruntime
-backend would and gives the same outputs. It imports numpy, the standard library, Triton's
-``triton_python_backend_utils``, onnxruntime and that copy only.
+For servers that have the python backend but not the onnxruntime or OpenVINO backends (the
+embedded ``tritonserver`` of the ``nvidia-pytriton`` wheel). ``smr export`` copies this file to
+``smr_backbone/1/model.py`` beside ``model.onnx``, ``smr_triton_io.py`` (the tensor I/O it shares
+with ``smr_postprocess``, from ``triton_io.py``) and ``smr_engines.py`` (``engines.py``: the
+runtime and precision, the same code ``smr export`` checked them with). The config's parameters
+``engine`` (onnxruntime or openvino) and ``precision`` (fp32, bf16, int8) choose how the graph
+runs; the model is compiled once, in ``initialize``. It imports numpy, the standard library,
+Triton's ``triton_python_backend_utils``, onnxruntime or OpenVINO, and those copies only.
 
 The configuration is read once in ``initialize``; ``execute`` stacks the images of all requests
 into one batch, runs the session once and answers each request with its own rows. A request whose
@@ -19,11 +21,11 @@ import os
 import sys
 
 import numpy as np
-import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
-# no byte code beside the vendored module: serving leaves the repository as exported
+# no byte code beside the vendored modules: serving leaves the repository as exported
 _WRITE_BYTECODE, sys.dont_write_bytecode = sys.dont_write_bytecode, True
+import smr_engines as engines  # noqa: E402
 import smr_triton_io as triton_io  # noqa: E402
 
 sys.dont_write_bytecode = _WRITE_BYTECODE
@@ -33,7 +35,7 @@ OUTPUT = "EMBEDDING"
 
 
 class TritonPythonModel:
-    """The ONNX backbone in an onnxruntime session: uint8 (N, H, W, 3) -> float32 (N, D)."""
+    """The ONNX backbone in onnxruntime or OpenVINO: uint8 (N, H, W, 3) -> float32 (N, D)."""
 
     def initialize(self, args: dict) -> None:
         triton_io.silence_dlpack_capsule_noise()
@@ -58,35 +60,45 @@ class TritonPythonModel:
         self.embedding_dim = int(outputs[OUTPUT]["dims"][0])
 
         onnx_path = os.path.join(version_dir, triton_io.config_parameter(config, "onnx_file", "model.onnx"))
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = int(triton_io.config_parameter(config, "intra_op_threads", "0"))
+        engine = triton_io.config_parameter(config, "engine", "onnxruntime")
+        precision = triton_io.config_parameter(config, "precision", "fp32")
         wanted = triton_io.config_parameter(config, "execution_providers", "CPUExecutionProvider").split(",")
-        available = ort.get_available_providers()
-        providers = [p for p in wanted if p in available] or ["CPUExecutionProvider"]
-        if providers != wanted:
+        self.engine = engines.BackboneEngine(
+            onnx_path,
+            engine,
+            precision,
+            threads=int(triton_io.config_parameter(config, "intra_op_threads", "0")),
+            providers=wanted,
+            tensorrt_precision=triton_io.config_parameter(config, "tensorrt_precision", "fp32"),
+            input_name=INPUT,
+            output_name=OUTPUT,
+        )
+        if engine == "onnxruntime" and self.engine.providers != wanted:
             pb_utils.Logger.log_warn(
-                f"{self.model_name}: execution providers {wanted} requested, {providers} available"
+                f"{self.model_name}: execution providers {wanted} requested, "
+                f"{self.engine.providers} available"
             )
-        self.session = ort.InferenceSession(onnx_path, sess_options=options, providers=providers)
-        graph_inputs = [i.name for i in self.session.get_inputs()]
-        graph_outputs = [o.name for o in self.session.get_outputs()]
-        if graph_inputs != [INPUT] or graph_outputs != [OUTPUT]:
-            raise ValueError(
-                f"{onnx_path}: graph inputs {graph_inputs} / outputs {graph_outputs} do not "
-                f"match config.pbtxt [{INPUT}] / [{OUTPUT}]"
+        recorded = [f for f in triton_io.config_parameter(config, "cpu_features", "").split(",") if f]
+        missing = engines.missing_cpu_features(recorded)
+        if missing:
+            pb_utils.Logger.log_warn(
+                f"{self.model_name}: {precision} was chosen for a CPU with {', '.join(recorded)}; this CPU "
+                f"lacks {', '.join(missing)} and will run it slower (export again on this machine with "
+                "--precision auto)"
             )
-        pb_utils.Logger.log_info(f"{self.model_name}: {onnx_path} on {providers}, image {self.image_shape}")
+        pb_utils.Logger.log_info(
+            f"{self.model_name}: {onnx_path} on {self.engine.describe()}, image {self.image_shape}"
+        )
 
     def _image(self, request) -> np.ndarray:
         return triton_io.input_array(request, INPUT, "UINT8", self.image_shape)
 
     def _embed(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        embedding = self.session.run([OUTPUT], {INPUT: np.ascontiguousarray(images)})[0]
-        return {OUTPUT: embedding.astype(np.float32, copy=False)}
+        return {OUTPUT: self.engine(images)}
 
     def execute(self, requests):
         responses, _, _ = triton_io.batched_responses(requests, self._image, self._embed, self.model_name)
         return responses
 
     def finalize(self) -> None:
-        self.session = None
+        self.engine = None

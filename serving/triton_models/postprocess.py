@@ -4,8 +4,9 @@
 ``svm.json``, a copy of ``smr.core`` (``smr_core/``), of the manifest checker
 (``smr_manifest.py``) and of the tensor I/O shared with ``smr_backbone`` (``smr_triton_io.py``,
 from ``triton_io.py``). It imports numpy, the standard library, Triton's
-``triton_python_backend_utils`` and those copies only, so it runs on a stock Triton image where
-the ``smr`` package is not installed (the python backend puts the version folder on ``sys.path``).
+``triton_python_backend_utils`` and those copies only (and threadpoolctl where installed, to run
+numpy's BLAS on one thread), so it runs on a stock Triton image where the ``smr`` package is not
+installed (the python backend puts the version folder on ``sys.path``).
 
 It also returns its input unchanged as ``EMBEDDING_OUT``, the ensemble's ``EMBEDDING`` (see
 ``smr.export.tensors`` for why the backbone's output is not the ensemble's directly).
@@ -59,6 +60,8 @@ OUTPUTS = {  # name -> (Triton data type, numpy dtype)
 }
 POSITION_BUCKETS = [round(0.05 * i, 2) for i in range(1, 21)]
 SECONDS_BUCKETS = [1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 2.5]
+# BLAS threads of the stub process (model parameter ``blas_threads`` overrides; 0: numpy's default)
+BLAS_THREADS = 1
 
 
 class TritonPythonModel:
@@ -95,10 +98,34 @@ class TritonPythonModel:
                     )
                 self._class_lineage[self.classes.index(name)] = i
         self._init_metrics()
+        self._blas_limits = self._limit_blas_threads(
+            int(triton_io.config_parameter(config, "blas_threads", str(BLAS_THREADS)))
+        )
         pb_utils.Logger.log_info(
             f"{self.model_name}: {len(self.classes)} classes, lineages {self.lineages}, "
             f"embedding dim {self.embedding_dim}, max batch {config.get('max_batch_size')}"
         )
+
+    def _limit_blas_threads(self, threads: int):
+        """numpy's BLAS at ``threads`` threads in this stub process (0: leave its default).
+
+        A batch's products are small (64 x 256 by 256 x ~1000): a second BLAS thread costs more to
+        wake than it saves, and it competes with the backbone for the same cores
+        (benchmarks/postprocess_compute.py measures both). threadpoolctl sets the limit at run
+        time; numpy is imported before ``initialize`` (by the python backend's utilities), too
+        late for OPENBLAS_NUM_THREADS. Without threadpoolctl the default stays, with a warning.
+        """
+        if threads <= 0:
+            return None
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError:
+            pb_utils.Logger.log_warn(
+                f"{self.model_name}: threadpoolctl is not installed; numpy's BLAS keeps its default "
+                "threads (set OPENBLAS_NUM_THREADS=1 in the server's environment instead)"
+            )
+            return None
+        return threadpool_limits(limits=threads, user_api="blas")
 
     def _check_config(self, config: dict, curve_dims: set[int]) -> None:
         inputs = {t["name"]: t for t in config.get("input", [])}
@@ -178,8 +205,9 @@ class TritonPythonModel:
 
     def compute(self, X: np.ndarray) -> dict[str, np.ndarray]:
         """The outputs for embeddings ``X`` (N, D), as the model returns them."""
-        probabilities = self.svm.predict_proba(X.astype(np.float64)).astype(np.float32)
-        t, distance = project_all(self.curves, X.astype(np.float64))
+        X64 = X.astype(np.float64)  # once for the SVM and the curves
+        probabilities = self.svm.predict_proba(X64).astype(np.float32)
+        t, distance = project_all(self.curves, X64)
         return {
             "PROBABILITIES": probabilities,
             "CLASS_ID": probabilities.argmax(axis=1).astype(np.int32)[:, None],
@@ -218,6 +246,9 @@ class TritonPythonModel:
                 self._positions[lineage[row]].observe(float(t[row, lineage[row]]))
 
     def finalize(self) -> None:
+        if getattr(self, "_blas_limits", None) is not None:
+            self._blas_limits.restore_original_limits()
+            self._blas_limits = None
         # metrics first, then their families (the python backend requires this order)
         self._counts = self._positions = self._seconds = None
         for name in ("_count_family", "_position_family", "_seconds_family"):

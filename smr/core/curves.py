@@ -20,9 +20,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from math import comb
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
 
 __all__ = ["CURVE_KINDS", "Curve", "fit_curve"]
 
@@ -55,7 +58,7 @@ def _bernstein_to_power(degree: int) -> np.ndarray:
     return m
 
 
-def _as_positions(t) -> np.ndarray:
+def _as_positions(t: ArrayLike) -> np.ndarray:
     arr = np.asarray(t, dtype=np.float64)
     if arr.ndim > 1:
         raise ValueError(f"positions t must be a scalar or a 1-D array, got shape {arr.shape}")
@@ -79,7 +82,7 @@ class Curve:
     Lines (``fixed``, ``linear``) have exactly two control points, start and end.
     """
 
-    def __init__(self, kind: str, control_points) -> None:
+    def __init__(self, kind: str, control_points: ArrayLike) -> None:
         if kind not in CURVE_KINDS:
             raise ValueError(f"unknown curve kind {kind!r}; valid kinds: {', '.join(CURVE_KINDS)}")
         cp = np.array(control_points, dtype=np.float64)
@@ -123,12 +126,12 @@ class Curve:
 
     # -- evaluation -----------------------------------------------------------------------------
 
-    def points(self, t) -> np.ndarray:
+    def points(self, t: ArrayLike) -> np.ndarray:
         """``l(t)`` for each position in ``t`` (scalar or 1-D), shape (N, D)."""
         tt = _as_positions(t)
         return _bernstein(self.degree, tt) @ self.control_points
 
-    def derivative(self, t, order: int = 1) -> np.ndarray:
+    def derivative(self, t: ArrayLike, order: int = 1) -> np.ndarray:
         """``d^order l / dt^order`` at each position in ``t``, shape (N, D)."""
         if isinstance(order, bool) or not isinstance(order, (int, np.integer)) or order < 1:
             raise ValueError(f"derivative order must be an integer >= 1, got {order!r}")
@@ -142,7 +145,7 @@ class Curve:
 
     # -- projection -----------------------------------------------------------------------------
 
-    def project(self, X) -> tuple[np.ndarray, np.ndarray]:
+    def project(self, X: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
         """Nearest point of the curve (t restricted to [0, 1]) for each row of ``X`` (N, D).
 
         Returns ``(t, distance)``, both float64 of shape (N,). Embeddings beyond an end get
@@ -294,7 +297,9 @@ class Curve:
         return Curve(d["kind"], np.array(cp, dtype=np.float64).reshape(len(cp), -1))
 
 
-def fit_curve(kind: str, class_means, counts, *, lineage_index: int = 0, fixed_length: float = 1.0) -> Curve:
+def fit_curve(
+    kind: str, class_means: ArrayLike, counts: ArrayLike, *, lineage_index: int = 0, fixed_length: float = 1.0
+) -> Curve:
     """Fit a lineage's curve from its class means (C, D), in stage order, and class counts (C,).
 
     * ``fixed``: the line of length ``fixed_length`` along the unit vector e_{lineage_index},

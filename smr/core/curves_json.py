@@ -29,9 +29,12 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
 
 from .curves import Curve
 
@@ -245,7 +248,7 @@ def load_curves(path: str | os.PathLike) -> list[LineageCurve]:
         raise CurvesFormatError(f"{path}: {exc}") from exc
 
 
-def project_all(lineage_curves: Sequence[LineageCurve], X) -> tuple[np.ndarray, np.ndarray]:
+def project_all(lineage_curves: Sequence[LineageCurve], X: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     """Project embeddings ``X`` (N, D) onto every lineage's curve: ``(t (N, L), distance (N, L))``."""
     X = np.asarray(X)
     if X.ndim != 2:

@@ -345,7 +345,7 @@ def parse_spec(text: str, source: str = "<string>") -> LineageSpec:
     try:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib  # type: ignore[no-redef]
+        import tomli as tomllib  # type: ignore[no-redef,import-not-found,unused-ignore]
 
     try:
         data = tomllib.loads(text)
@@ -397,8 +397,8 @@ def _locate(text: str, message: str) -> str:
                 return f":{i}"
         return ""
     occurrence = 2 if message.startswith(("duplicate class", "duplicate lineage")) else 1
-    line = _line_of(text, needle, occurrence)
-    return f":{line}" if line else ""
+    found = _line_of(text, needle, occurrence)
+    return f":{found}" if found else ""
 
 
 def load_spec(path: str | Path) -> LineageSpec:

@@ -19,9 +19,12 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
 
 __all__ = ["SCHEMA", "VERSION", "SvmFormatError", "svm_to_dict", "RbfSvm"]
 
@@ -168,6 +171,12 @@ class RbfSvm:
             si, sj = slice(start[i], start[i + 1]), slice(start[j], start[j + 1])
             self._weights[si, p] = coef[j - 1, si]
             self._weights[sj, p] = coef[i, sj]
+        # (pairs, k) one-hot rows of each pair's first (i) and second (j) class, for the votes
+        first, second = np.array(self._pairs, dtype=np.intp).T
+        self._first = np.zeros((pairs, k), dtype=np.int64)
+        self._first[np.arange(pairs), first] = 1
+        self._second = np.zeros((pairs, k), dtype=np.int64)
+        self._second[np.arange(pairs), second] = 1
 
     @property
     def n_features(self) -> int:
@@ -228,7 +237,7 @@ class RbfSvm:
 
     # -- evaluation -----------------------------------------------------------------------------
 
-    def _check(self, X) -> np.ndarray:
+    def _check(self, X: ArrayLike) -> np.ndarray:
         X = np.asarray(X)
         if X.ndim != 2:
             raise ValueError(f"embeddings must be a 2-D array (N, D), got shape {X.shape}")
@@ -255,7 +264,7 @@ class RbfSvm:
             out[lo : lo + len(x)] = kernel @ self._weights + self.intercept
         return out
 
-    def decision_function(self, X) -> np.ndarray:
+    def decision_function(self, X: ArrayLike) -> np.ndarray:
         """One-vs-one decision values as ``SVC(decision_function_shape="ovo").decision_function``.
 
         Shape (N, k(k-1)/2) with pairs (0,1), (0,2), ..., (k-2,k-1); for two classes shape (N,),
@@ -264,17 +273,14 @@ class RbfSvm:
         dec = self._pair_values(self._check(X))
         return -dec[:, 0] if len(self.classes) == 2 else dec
 
-    def predict(self, X) -> np.ndarray:
+    def predict(self, X: ArrayLike) -> np.ndarray:
         """Column index (into ``classes``) of the one-vs-one vote winner, as ``SVC.predict``."""
         dec = self._pair_values(self._check(X))
-        votes = np.zeros((len(dec), len(self.classes)), dtype=np.int64)
-        for p, (i, j) in enumerate(self._pairs):
-            won = dec[:, p] > 0
-            votes[:, i] += won
-            votes[:, j] += ~won
+        won = (dec > 0).astype(np.int64)  # pair (i, j): a vote for i, else for j
+        votes = won @ self._first + (1 - won) @ self._second
         return np.argmax(votes, axis=1)
 
-    def predict_proba(self, X) -> np.ndarray:
+    def predict_proba(self, X: ArrayLike) -> np.ndarray:
         """Class probabilities (N, k), columns in ``classes`` order, as ``SVC.predict_proba``."""
         dec = self._pair_values(self._check(X))
         f = dec * self.prob_a + self.prob_b
@@ -287,47 +293,58 @@ class RbfSvm:
 
 
 def _couple(pairwise: np.ndarray, pairs: list[tuple[int, int]], k: int) -> np.ndarray:
-    """libsvm's ``multiclass_probability`` for every row, operation for operation.
+    """libsvm's ``multiclass_probability`` for all rows at once, bit for bit.
 
-    ``pairwise[:, p]`` is r_ij = P(class i | i or j) for the pair p = (i, j), i < j.
+    ``pairwise[:, p]`` is r_ij = P(class i | i or j) for the pair p = (i, j), i < j. libsvm solves
+    min_p p'Qp subject to sum(p) = 1 by coordinate sweeps (t = 0..k-1, each followed by a
+    renormalisation) until max_t |(Qp)_t - p'Qp| < 0.005 / k, at most max(100, k) sweeps; its
+    result is that iterate, not the exact minimiser (they differ by up to ~1e-4), so the sweeps
+    are kept. They run on (N, k) arrays: one numpy operation per step covers every row and every
+    class, and the additions are made in libsvm's order, so each row gets libsvm's numbers exactly.
     """
     n = len(pairwise)
-    r = [[None] * k for _ in range(k)]
-    for p, (i, j) in enumerate(pairs):
-        r[i][j] = pairwise[:, p]
-        r[j][i] = 1.0 - pairwise[:, p]
-    q = [[np.zeros(n) for _ in range(k)] for _ in range(k)]
-    for t in range(k):
-        for j in range(t):
-            q[t][t] = q[t][t] + r[j][t] * r[j][t]
-            q[t][j] = q[j][t]
-        for j in range(t + 1, k):
-            q[t][t] = q[t][t] + r[j][t] * r[j][t]
-            q[t][j] = -r[j][t] * r[t][j]
-    p = [np.full(n, 1.0 / k) for _ in range(k)]
+    i, j = np.array(pairs, dtype=np.intp).reshape(-1, 2).T
+    r = np.zeros((n, k, k))  # r[:, i, j] = r_ij; the diagonal is 0
+    r[:, i, j] = pairwise
+    r[:, j, i] = 1.0 - pairwise
+    r_t = r.transpose(0, 2, 1)  # r_t[:, t, j] = r_jt
+    # Q_tt = sum_j r_jt^2 in libsvm's order (the j = t term adds an exact 0); Q_tj = -r_jt r_tj
+    q_diag = np.zeros((n, k))
+    for col in range(k):
+        q_diag = q_diag + r_t[:, :, col] * r_t[:, :, col]
+    q = -(r_t * r)
+    q[:, np.arange(k), np.arange(k)] = q_diag
+    q_diag_t = np.ascontiguousarray(q_diag.T)  # (k, N): Q_tt of step t
+    # state = [p | Qp]: one division renormalises both. Row t of q_step adds diff * Q_t. to Qp
+    # and 0 to p (p + 0 is p exactly)
+    state = np.zeros((n, 2 * k))
+    state[:, :k] = 1.0 / k
+    p, qp = state[:, :k], state[:, k:]
+    q_step = np.zeros((k, n, 2 * k))
+    q_step[:, :, k:] = q.transpose(1, 0, 2)
+    step = np.empty((n, 2 * k))
     eps = 0.005 / k
     active = np.ones(n, dtype=bool)
     for _ in range(max(100, k)):
-        qp = []
+        qp[...] = 0.0
+        for col in range(k):
+            qp += q[:, :, col] * p[:, col, None]
         pqp = np.zeros(n)
         for t in range(k):
-            acc = np.zeros(n)
-            for j in range(k):
-                acc = acc + q[t][j] * p[j]
-            qp.append(acc)
-            pqp = pqp + p[t] * acc
-        max_error = np.zeros(n)
-        for t in range(k):
-            max_error = np.maximum(max_error, np.abs(qp[t] - pqp))
-        active &= ~(max_error < eps)
+            pqp = pqp + p[:, t] * qp[:, t]
+        active &= ~(np.abs(qp - pqp[:, None]).max(axis=1) < eps)
         if not active.any():
             break
+        frozen = None if active.all() else ~active
         for t in range(k):
-            # rows that have converged take diff = 0, which leaves them unchanged bit for bit
-            diff = np.where(active, (-qp[t] + pqp) / q[t][t], 0.0)
-            p[t] = p[t] + diff
-            pqp = (pqp + diff * (diff * q[t][t] + 2 * qp[t])) / (1 + diff) / (1 + diff)
-            for j in range(k):
-                qp[j] = (qp[j] + diff * q[t][j]) / (1 + diff)
-                p[j] = p[j] / (1 + diff)
-    return np.stack(p, axis=1)
+            qp_t = qp[:, t]
+            diff = (pqp - qp_t) / q_diag_t[t]
+            if frozen is not None:
+                diff[frozen] = 0.0  # rows that have converged stay as they are, bit for bit
+            p[:, t] += diff
+            scale = 1.0 + diff
+            pqp = (pqp + diff * (diff * q_diag_t[t] + 2 * qp_t)) / scale / scale
+            np.multiply(q_step[t], diff[:, None], out=step)
+            state += step
+            state /= scale[:, None]
+    return p.copy()

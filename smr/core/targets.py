@@ -10,7 +10,12 @@ numpy and the standard library only (copied next to the Triton python model).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
 
 __all__ = [
     "TARGET_KINDS",
@@ -33,7 +38,7 @@ def uniform_targets(n: int) -> np.ndarray:
     return np.arange(n, dtype=np.float64) / (n - 1)
 
 
-def _as_counts(counts) -> np.ndarray:
+def _as_counts(counts: ArrayLike) -> np.ndarray:
     arr = np.asarray(counts)
     if arr.ndim != 1:
         raise ValueError(f"class counts must be a 1-D sequence, got shape {arr.shape}")
@@ -52,7 +57,7 @@ def _as_counts(counts) -> np.ndarray:
     return arr
 
 
-def frequency_targets(counts) -> np.ndarray:
+def frequency_targets(counts: ArrayLike) -> np.ndarray:
     """Eq. 2 on class counts: gaps ``g_c = (log(N_{c-1}+1) + log(N_c+1)) / 2``, cumulated, normalised.
 
     ``counts`` are the numbers of samples per class in stage order, each >= 1. ``log1p`` keeps every
@@ -67,7 +72,7 @@ def frequency_targets(counts) -> np.ndarray:
     return targets
 
 
-def make_targets(kind: str, counts) -> np.ndarray:
+def make_targets(kind: str, counts: ArrayLike) -> np.ndarray:
     """Targets of the named ``kind`` ("uniform" or "frequency") for classes with these ``counts``."""
     if kind == "uniform":
         return uniform_targets(len(_as_counts(counts)))
@@ -76,7 +81,7 @@ def make_targets(kind: str, counts) -> np.ndarray:
     raise ValueError(f"unknown target kind {kind!r}; valid kinds: {', '.join(TARGET_KINDS)}")
 
 
-def _as_targets(targets) -> np.ndarray:
+def _as_targets(targets: ArrayLike) -> np.ndarray:
     arr = np.asarray(targets, dtype=np.float64)
     if arr.ndim != 1 or len(arr) < 2:
         raise ValueError(f"targets must be a 1-D array of at least 2 positions, got shape {arr.shape}")
@@ -87,13 +92,13 @@ def _as_targets(targets) -> np.ndarray:
     return arr
 
 
-def stage_boundaries(targets) -> np.ndarray:
+def stage_boundaries(targets: ArrayLike) -> np.ndarray:
     """Midpoints between consecutive targets, shape ``(C - 1,)``: the borders between stages."""
     arr = _as_targets(targets)
     return 0.5 * (arr[:-1] + arr[1:])
 
 
-def stage_from_position(t, boundaries) -> np.ndarray:
+def stage_from_position(t: ArrayLike, boundaries: ArrayLike) -> np.ndarray:
     """Stage index (0 .. C-1) of each position ``t``, given the ``C - 1`` stage ``boundaries``.
 
     A position exactly on a boundary belongs to the more mature stage. Positions outside [0, 1]

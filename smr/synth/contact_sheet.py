@@ -4,8 +4,10 @@ Regenerate the documentation images with::
 
     smr synth-slide /tmp/smr-slide --cells 500 --seed 0
     python -m smr.synth.contact_sheet docs/images/contact_sheet.png \\
-        --compare ../shared/data/pbc-dev --compare-out docs/images/synthetic_vs_pbc.png \\
+        --compare PBC_DEV --compare-out docs/images/synthetic_vs_pbc.png \\
         --slide /tmp/smr-slide --slide-out docs/images/synthetic_slide.png
+
+where PBC_DEV is a folder data set of real patches (the PBC development subset).
 """
 
 from __future__ import annotations

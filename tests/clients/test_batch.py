@@ -21,6 +21,7 @@ def test_folders_per_slide_and_slides_side_by_side(tmp_path):
     a = _touch(tmp_path / "case-a" / "slide.tiff")
     a_det = _touch(tmp_path / "case-a" / "detections.csv")
     _touch(tmp_path / "case-a" / "thumbnail.png")
+    _touch(tmp_path / "case-a" / "slide.json")  # metadata (smr synth-slide writes it), not detections
     e = _touch(tmp_path / "case-e" / "smear.jpg")
     e_det = _touch(tmp_path / "case-e" / "detections.geojson")
     b = _touch(tmp_path / "B.svs")

@@ -104,7 +104,7 @@ def test_unavailable_is_retried_with_back_off_then_given_up():
                 raise _unavailable()
             return "answer"
 
-        assert client._with_retries(flaky, "a test") == "answer"
+        assert client._with_retries(lambda _grpc: flaky(), "a test") == "answer"
         assert metrics.retries._value.get() == 2
         for attempt in range(8):  # exponential, capped, with +-25 % jitter
             base = min(client.options.max_backoff, 0.01 * 2**attempt)
@@ -120,7 +120,7 @@ def test_unavailable_is_retried_with_back_off_then_given_up():
         with pytest.raises(
             ServerUnavailableError, match=r"is unavailable \(failed to connect\) after 4 attempt"
         ):
-            client._with_retries(down, "a test")
+            client._with_retries(lambda _grpc: down(), "a test")
         assert len(calls) == 4
 
 
@@ -134,14 +134,14 @@ def test_errors_that_retrying_cannot_fix_are_raised_at_once():
             raise InferenceServerException("unexpected shape", status="StatusCode.INVALID_ARGUMENT")
 
         with pytest.raises(ServerRequestError, match="refused a test: INVALID_ARGUMENT: unexpected shape"):
-            client._with_retries(bad, "a test")
+            client._with_retries(lambda _grpc: bad(), "a test")
         assert len(calls) == 1
 
         def slow():
             raise InferenceServerException("Deadline Exceeded", status="StatusCode.DEADLINE_EXCEEDED")
 
         with pytest.raises(ServerUnavailableError, match=r"did not answer within 3 s.*--timeout"):
-            client._with_retries(slow, "a test")
+            client._with_retries(lambda _grpc: slow(), "a test")
         errors = {s.labels["status"]: s.value for s in metrics.request_errors.collect()[0].samples
                   if s.name.endswith("_total")}  # fmt: skip
         assert errors == {"INVALID_ARGUMENT": 1.0, "DEADLINE_EXCEEDED": 1.0}

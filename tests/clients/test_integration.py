@@ -25,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from smr.cli import main as smr_main
 from smr.clients.aio import AsyncSMRClient
 from smr.clients.client import SMRClient
+from smr.clients.defaults import DEFAULT_FLAGGED, DEFAULT_MARGIN, DEFAULT_PER_CLASS
 from smr.clients.detections import read_detections
 from smr.clients.errors import InputError
 from smr.clients.journal import JOURNAL_CSV
@@ -120,7 +121,7 @@ def test_async_client_agrees_with_the_offline_pipeline(clients_server, offline, 
             return await client.get_info(), await client.classify(images)
 
     info, cells = asyncio.run(go())
-    _assert_matches_offline(info, cells, offline(np.stack(images)), margin=0.03)
+    _assert_matches_offline(info, cells, offline(np.stack(images)), margin=DEFAULT_MARGIN)
 
 
 def test_classify_command_prints_a_table_and_writes_csv_and_json(
@@ -211,6 +212,33 @@ def test_score_slide_writes_every_detection_once_and_agrees_with_offline(
     assert summary["outside_ids"] == list(OUTSIDE_IDS)
 
 
+def test_score_slide_checks_the_review_flags_against_true_classes(clients_server, synthetic_slide, tmp_path):
+    """Labels that are served classes give a reference count and the review check, in summary.json."""
+    with SMRClient(clients_server.grpc_url) as client:
+        classes = client.info.classes
+        with synthetic_slide.detections.open(newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        for i, r in enumerate(rows):
+            r["class"] = classes[i % len(classes)]
+        labelled = tmp_path / "labelled.csv"
+        with labelled.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(rows)
+        out = tmp_path / "out"
+        mpp = synthetic_slide.mpp
+        score = score_slide(synthetic_slide.slide, labelled, out, client, mpp=mpp, progress=False)
+    scored = [r for r in _read_csv(out / "cells.csv") if r["status"] == "scored"]
+    wrong = [r["class"] != r["reference_class"] for r in scored]
+    flagged = [r["borderline"] == "true" for r in scored]
+    check = json.loads((out / "summary.json").read_text())["review_check"]
+    assert (check["cells"], check["flagged"]) == (len(scored), sum(flagged))
+    assert check["misclassified"] == sum(wrong) > 0
+    assert check["misclassified_flagged"] == sum(w and f for w, f in zip(wrong, flagged, strict=True))
+    assert score.review is not None and score.review.to_dict() == check
+    assert score.reference is not None and score.reference.total == len(scored)
+
+
 def test_score_slide_geojson_round_trips_with_the_right_properties(reference_run):
     _, out, _ = reference_run
     rows = {r["id"]: r for r in _read_csv(out / "cells.csv") if r["status"] == "scored"}
@@ -238,8 +266,10 @@ def test_score_slide_report_renders_with_table_and_plots(reference_run, tmp_path
     assert "id=differential-count" in html and "id=maturation-index" in html
     rows = [r for r in _read_csv(out / "cells.csv") if r["status"] == "scored"]
     lineages_with_cells = {r["lineage"] for r in rows if r["lineage"]}
-    gallery = min(36, sum(r["borderline"] == "true" for r in rows))
-    # the count plot, a position plot per lineage with cells, the borderline gallery
+    per_class = Counter(r["class"] for r in rows)
+    gallery = sum(min(DEFAULT_PER_CLASS, n) for n in per_class.values())
+    gallery += min(DEFAULT_FLAGGED, sum(r["borderline"] == "true" for r in rows))
+    # the count plot, a position plot per lineage with cells, a gallery per class, the flagged cells
     assert html.count("data:image/png;base64,") == 1 + len(lineages_with_cells) + gallery
     for lineage in lineages_with_cells:
         assert f"id='positions-{lineage}'" in html
@@ -364,9 +394,7 @@ def test_server_stopped_mid_run_gives_a_clear_error_and_a_resumable_state(
 
     # start scoring again while the server is still down: the client retries with back-off until it is up
     metrics = ClientMetrics()
-    client = SMRClient(
-        f"127.0.0.1:{port}", batch_size=4, max_in_flight=2, retries=12, backoff=0.5, metrics=metrics
-    )
+    client = SMRClient(f"127.0.0.1:{port}", batch_size=4, max_in_flight=2, retry_budget=600, metrics=metrics)
     outcome.clear()
     worker = threading.Thread(target=run, args=(client,))
     worker.start()
@@ -458,13 +486,13 @@ def test_score_slide_without_mpp_uses_the_model_s_scale_and_counts_the_same(
     assert prov["triton_version"] == meta["version"]
     assert prov["model_microns_per_pixel"] == pytest.approx(mpp)
     assert prov["training_data"] == "pbc-dev" and prov["training_images"] > 0
-    assert prov["notice"] == "for research use, not for diagnosis"
+    assert prov["notice"] == "For research use, not for diagnosis."
     manifest = json.loads((clients_server.repository / "MANIFEST.json").read_text())
     from smr.export.repository import manifest_digest
 
     assert prov["manifest_sha256"] == manifest_digest(manifest)
     assert f"manifest sha256 {prov['manifest_sha256']}" in terminal
-    assert f"Triton {meta['version']}" in terminal and "for research use, not for diagnosis" in terminal
+    assert f"Triton {meta['version']}" in terminal and "For research use, not for diagnosis." in terminal
 
 
 def test_classify_skips_and_lists_damaged_images(clients_server, synthetic_slide, tmp_path, capsys):

@@ -117,14 +117,14 @@ def test_scale_and_provenance_are_read_and_unknown_ones_stay_unknown():
     assert prov == {
         "manifest_sha256": "ab" * 32, "run_id": "run-0123456789ab", "training_data": "synthetic",
         "training_images": 1350, "val_macro_f1": 0.7241, "smr_version": "9.9", "triton_version": "2.51.0",
-        "model_microns_per_pixel": 0.53125, "notice": "for research use, not for diagnosis",
+        "model_microns_per_pixel": 0.53125, "notice": "For research use, not for diagnosis.",
     }  # fmt: skip
     assert "microns_per_pixel" not in info.extra and "run_id" not in info.extra
     bare = model_info_from_config(config_json())
     assert bare.microns_per_pixel is None and bare.field_of_view_um is None
     assert provenance(bare, None) == {
         **dict.fromkeys(PROVENANCE_KEYS),
-        "notice": "for research use, not for diagnosis",
+        "notice": "For research use, not for diagnosis.",
     }
 
 

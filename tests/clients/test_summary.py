@@ -15,6 +15,7 @@ from smr.clients.summary import (
     format_count,
     proportion_interval,
     ratio_interval,
+    review_yield,
 )
 from smr.core.lineages import Lineage, LineageSpec
 from tests.clients.helpers import paper_info
@@ -230,3 +231,30 @@ def test_the_headline_and_the_slide_row_carry_the_intervals():
                     f"blasts 1.2 % ({100 * low:.1f}-{100 * high:.1f}), 50 flagged for review")  # fmt: skip
     no_e = count_row(differential_count(info, ["band"]))
     assert no_e["me_ratio"] == "" and no_e["me_high"] == ""  # no erythroid cells: no ratio, unbounded
+
+
+def test_review_yield_counts_the_errors_among_the_flagged_cells():
+    rng = np.random.default_rng(3)
+    names = ["blast", "myelocyte", "band"]
+    truth = rng.choice(names, 200).tolist()
+    predicted = [t if rng.random() < 0.7 else rng.choice(names) for t in truth]
+    flagged = (rng.random(200) < 0.2).tolist()
+    y = review_yield(predicted, flagged, truth)
+    # a plain loop as the reference
+    wrong = flagged_wrong = n_flagged = 0
+    for p, t, f in zip(predicted, truth, flagged, strict=True):
+        n_flagged += f
+        wrong += p != t
+        flagged_wrong += (p != t) and f
+    assert (y.cells, y.flagged, y.misclassified, y.misclassified_flagged) == (
+        200,
+        n_flagged,
+        wrong,
+        flagged_wrong,
+    )
+    assert y.errors_found == pytest.approx(flagged_wrong / wrong)
+    assert y.flagged_share == pytest.approx(n_flagged / 200)
+    assert f"{n_flagged} of 200 cells flagged" in y.line()
+    assert review_yield(["a"], [False], ["a"]).errors_found is None
+    with pytest.raises(ValueError, match="lengths differ"):
+        review_yield(["a"], [True, False], ["a"])

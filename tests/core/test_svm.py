@@ -170,3 +170,89 @@ def test_saturated_pairwise_probabilities_are_clipped_like_libsvm() -> None:
     assert (1.0 / (1.0 + np.exp(f)) < 1e-7).any() and (1.0 / (1.0 + np.exp(-f)) < 1e-7).any()
     model = RbfSvm.from_dict(d)
     assert np.abs(model.predict_proba(X) - svc.predict_proba(X)).max() <= 1e-5
+
+
+def _couple_reference(pairwise: np.ndarray, pairs: list[tuple[int, int]], k: int) -> np.ndarray:
+    """The per-class loops that smr.core.svm's coupling replaced: libsvm's
+    ``multiclass_probability``, written statement for statement on (N,) columns."""
+    n = len(pairwise)
+    r: list[list] = [[None] * k for _ in range(k)]
+    for col, (i, j) in enumerate(pairs):
+        r[i][j] = pairwise[:, col]
+        r[j][i] = 1.0 - pairwise[:, col]
+    q = [[np.zeros(n) for _ in range(k)] for _ in range(k)]
+    for t in range(k):
+        for j in range(t):
+            q[t][t] = q[t][t] + r[j][t] * r[j][t]
+            q[t][j] = q[j][t]
+        for j in range(t + 1, k):
+            q[t][t] = q[t][t] + r[j][t] * r[j][t]
+            q[t][j] = -r[j][t] * r[t][j]
+    p = [np.full(n, 1.0 / k) for _ in range(k)]
+    eps = 0.005 / k
+    active = np.ones(n, dtype=bool)
+    for _ in range(max(100, k)):
+        qp = []
+        pqp = np.zeros(n)
+        for t in range(k):
+            acc = np.zeros(n)
+            for j in range(k):
+                acc = acc + q[t][j] * p[j]
+            qp.append(acc)
+            pqp = pqp + p[t] * acc
+        max_error = np.zeros(n)
+        for t in range(k):
+            max_error = np.maximum(max_error, np.abs(qp[t] - pqp))
+        active &= ~(max_error < eps)
+        if not active.any():
+            break
+        for t in range(k):
+            diff = np.where(active, (-qp[t] + pqp) / q[t][t], 0.0)
+            p[t] = p[t] + diff
+            pqp = (pqp + diff * (diff * q[t][t] + 2 * qp[t])) / (1 + diff) / (1 + diff)
+            for j in range(k):
+                qp[j] = (qp[j] + diff * q[t][j]) / (1 + diff)
+                p[j] = p[j] / (1 + diff)
+    return np.stack(p, axis=1)
+
+
+def _pairwise_rows(k: int, rng: np.random.Generator) -> np.ndarray:
+    """Pairwise probabilities of every kind in one batch: consistent with a class distribution
+    (few sweeps), random (inconsistent, many sweeps), saturated at libsvm's clip, and uniform."""
+    pairs = [(i, j) for i in range(k) for j in range(i + 1, k)]
+    i, j = np.array(pairs).T
+    dist = rng.dirichlet(np.full(k, 0.3), size=40)
+    consistent = dist[:, i] / (dist[:, i] + dist[:, j])
+    noisy = rng.uniform(size=(40, len(pairs)))
+    saturated = rng.choice([1e-7, 1 - 1e-7, 0.5], size=(10, len(pairs)))
+    rows = np.concatenate([consistent, noisy, saturated, np.full((1, len(pairs)), 0.5)])
+    return np.clip(rows, 1e-7, 1 - 1e-7)[rng.permutation(len(rows))]
+
+
+@pytest.mark.parametrize("k", [2, 3, 4, 10, 15])
+def test_coupling_equals_the_per_class_loops(k: int) -> None:
+    from smr.core.svm import _couple
+
+    rng = np.random.default_rng(k)
+    pairwise = _pairwise_rows(k, rng)
+    pairs = [(i, j) for i in range(k) for j in range(i + 1, k)]
+    expected = _couple_reference(pairwise, pairs, k)
+    got = _couple(pairwise, pairs, k)
+    assert got.shape == (len(pairwise), k)
+    assert np.abs(got - expected).max() <= 1e-9
+    # row by row (each row alone stops at its own sweep) gives the same as the batch
+    alone = np.concatenate([_couple(pairwise[n : n + 1], pairs, k) for n in range(0, len(pairwise), 7)])
+    assert np.abs(alone - expected[::7]).max() <= 1e-9
+    # an independent check: near the exact minimiser of p'Qp on the simplex (bordered linear system)
+    r = np.zeros((len(pairwise), k, k))
+    r[:, [a for a, _ in pairs], [b for _, b in pairs]] = pairwise
+    r[:, [b for _, b in pairs], [a for a, _ in pairs]] = 1 - pairwise
+    q = -r.transpose(0, 2, 1) * r
+    q[:, np.arange(k), np.arange(k)] = (r**2).sum(axis=1)
+    system = np.zeros((len(pairwise), k + 1, k + 1))
+    system[:, :k, :k], system[:, :k, k], system[:, k, :k] = q, 1.0, 1.0
+    rhs = np.zeros((len(pairwise), k + 1, 1))
+    rhs[:, k] = 1.0
+    exact = np.linalg.solve(system, rhs)[:, :k, 0]
+    np.testing.assert_allclose(got.sum(axis=1), 1.0, atol=1e-12)
+    assert np.abs(got - exact).max() < 0.01 / k

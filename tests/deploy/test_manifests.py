@@ -579,5 +579,6 @@ def test_docs_scaling_names_the_hpa_metric_and_target():
     (metric,) = hpa["spec"]["metrics"]
     assert f"`{metric['pods']['metric']['name']}`" in text
     assert f"`{metric['pods']['target']['averageValue']}`" in text
-    assert "benchmarks/gpu_check.sh" in text and "## Not built yet" in text
+    assert "benchmarks/gpu_check.sh" in text
+    assert "## Many servers from one client" in text and "## Many slides on a Ray cluster" in text
     assert "../shared" not in text and "DESIGN.md" not in text

@@ -37,7 +37,7 @@ def test_check_reports_problems(repo64, tmp_path, capsys):
         (["export"], "missing RUN"),
         (["export", "RUN", "--check", "DIR"], "either RUN"),
         (["export", "/nonexistent/run"], "run directory not found: /nonexistent/run"),
-        (["export", "/no/run", "--runtime", "python", "--tensorrt", "fp16"], "--tensorrt needs --runtime"),
+        (["export", "/no/run", "--runtime", "openvino", "--tensorrt", "fp16"], "--tensorrt needs --runtime"),
     ],
 )
 def test_usage_errors_are_clear(argv, message, capsys):
@@ -75,7 +75,10 @@ def test_int8_export_over_an_earlier_export(run64, repo64, tmp_path, capsys):
     (repo / "README.md").write_text("notes")
     old_onnx = (repo / "smr_backbone/1/model.onnx").read_bytes()
 
-    assert main(["export", str(run64.path), "--repository", str(repo), "--quantize", "int8"]) == 0
+    # the accuracy check's own tests are in test_export_precision.py; run64's classifier is near
+    # chance, where INT8 moves a few % of cells across class boundaries
+    args = ["--quantize", "int8", "--max-f1-loss", "1", "--min-agreement", "0"]
+    assert main(["export", str(run64.path), "--repository", str(repo), *args]) == 0
     out = capsys.readouterr().out
     assert "INT8 vs FP32" in out and "ratio" in out
     # the user's model is kept, and (manifest.py) named as a folder Triton would load unchecked

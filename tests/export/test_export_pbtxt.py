@@ -47,6 +47,9 @@ def test_python_runtime_backbone_parameters():
     params = {k: v.string_value for k, v in config.parameters.items()}
     assert params == {
         "onnx_file": "model.onnx",
+        "engine": "onnxruntime",
+        "precision": "fp32",
+        "cpu_features": "",
         "intra_op_threads": "2",
         "execution_providers": "CPUExecutionProvider",
     }
@@ -91,7 +94,7 @@ def test_no_step_reads_an_ensemble_output():
     [
         (ServingOptions(runtime="tensorflow"), "choose one of: onnxruntime, python"),
         (ServingOptions(tensorrt="int4", instance_kind="gpu"), "choose one of: fp16, fp32"),
-        (ServingOptions(runtime="python", tensorrt="fp16", instance_kind="gpu"), "needs --runtime"),
+        (ServingOptions(runtime="openvino", tensorrt="fp16", instance_kind="gpu"), "needs --runtime"),
         (ServingOptions(tensorrt="fp16"), "--instance-kind gpu"),
         (ServingOptions(instance_kind="tpu"), "choose one of: cpu, gpu"),
         (ServingOptions(max_batch_size=0), "max batch size 0"),

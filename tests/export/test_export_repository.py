@@ -95,9 +95,9 @@ def test_a_missing_shared_tensor_io_is_named(repo_copy):
 
 
 def test_names_agree_between_graph_configs_and_ensemble(repo64, run64):
-    """Independent of check.py: read each file and compare with DESIGN.md's table directly."""
+    """Independent of check.py: read each file and compare with the contract's table directly."""
     n_classes, n_lineages = len(run64.classes), len(run64.spec.lineages)
-    design = {  # DESIGN.md, "Serving contract"
+    design = {  # docs/architecture.md, "The tensor contract"
         "IMAGE": ("TYPE_UINT8", [64, 64, 3]),
         "PROBABILITIES": ("TYPE_FP32", [n_classes]),
         "CLASS_ID": ("TYPE_INT32", [1]),

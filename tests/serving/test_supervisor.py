@@ -161,9 +161,11 @@ def test_a_stub_killed_under_load_is_replaced_and_requests_succeed_again(
     assert files_after == files_before  # serving and restarting wrote nothing into the repository
 
 
-def test_score_slide_through_a_stub_kill_ends_with_every_detection_exactly_once(supervised, tmp_path):
-    """score-slide is running when the backbone's stub dies: the run either rides it out or stops
-    with its journal kept; run again once the server is back, every detection is in cells.csv once."""
+@pytest.mark.parametrize("stub", ["smr_backbone", "smr_postprocess"])
+def test_score_slide_rides_through_a_stub_kill_with_every_detection_exactly_once(supervised, stub, tmp_path):
+    """score-slide is running when a stub dies: its requests fail (INTERNAL "Stub process ... is not
+    healthy", then UNAVAILABLE while the server restarts) and are retried within the client's retry
+    budget, so the one run ends normally with every detection in cells.csv exactly once."""
     from smr.clients.journal import JOURNAL_CSV
     from smr.synth.render import FIELD_UM
     from smr.synth.slide import SlideSettings, write_slide
@@ -172,10 +174,10 @@ def test_score_slide_through_a_stub_kill_ends_with_every_detection_exactly_once(
     with open(tmp_path / "case" / "detections.csv", encoding="utf-8", newline="") as f:
         ids = [row["id"] for row in csv.DictReader(f)]
     out = tmp_path / "out"
-    server = supervised.server
+    server, restarts = supervised.server, supervised.restart_count
     cmd = [SMR, "score-slide", str(tmp_path / "case" / "slide.tiff"), "--detections",
            str(tmp_path / "case" / "detections.csv"), "--out", str(out), "--url", server.grpc_url,
-           "--mpp", str(FIELD_UM / 224), "--batch-size", "2", "--max-in-flight", "2", "--retries", "8",
+           "--mpp", str(FIELD_UM / 224), "--batch-size", "2", "--max-in-flight", "2",
            "--no-progress"]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -185,24 +187,18 @@ def test_score_slide_through_a_stub_kill_ends_with_every_detection_exactly_once(
             assert proc.poll() is None, proc.stderr.read()
             assert time.monotonic() < deadline, "score-slide journaled nothing"
             time.sleep(0.1)
-        (pid,) = [pid for pid, name in server.stub_processes().items() if name.startswith("smr_backbone_")]
+        (pid,) = [pid for pid, name in server.stub_processes().items() if name.startswith(stub + "_")]
         os.kill(pid, signal.SIGKILL)
+        journaled = len(journal.read_bytes().splitlines()) - 1
         stdout, stderr = proc.communicate(timeout=600)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
-    runs = 1
-    if proc.returncode != 0:  # stopped by the failed requests: the journal keeps what was scored
-        assert "run the same command again" in stderr, stderr
-        deadline = time.monotonic() + 60
-        while not supervised.ready()[0]:
-            assert time.monotonic() < deadline, supervised.ready()[1]
-            time.sleep(0.5)
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, done.stderr
-        stdout, runs = done.stdout, 2
-    print(f"\nscore-slide through a backbone stub kill: {runs} run(s)")
+    print(f"\nscore-slide through a {stub} stub kill: {journaled} of {len(ids)} cells journaled at the kill")
+    assert journaled < len(ids), "the slide was scored before the kill; nothing was tested"
+    assert proc.returncode == 0, stderr  # retried through the restart: no second run needed
+    assert supervised.restart_count == restarts + 1
     assert "report:" in stdout
     with open(out / "cells.csv", encoding="utf-8", newline="") as f:
         assert Counter(row["id"] for row in csv.DictReader(f)) == Counter(ids)  # each exactly once

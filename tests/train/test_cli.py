@@ -198,6 +198,22 @@ def test_cv_writes_the_table_and_resumes(blob_data, tmp_path, monkeypatch, capsy
             for f in range(2)
         ]
         assert float(r["macro_f1_mean"]) == pytest.approx(sum(f1s) / 2)
+        results = [
+            json.loads((out / cv.parse_variant(r["variant"]).slug / f"fold{f}" / "config.json").read_text())[
+                "result"
+            ]
+            for f in range(2)
+        ]
+        stages = list(results[0]["val_mean_position"]["blasts"])
+        assert r["stages_blasts"].split(",") == stages and len(stages) >= 2
+        for stage in stages:
+            fold_f1 = [res["val_per_class_f1"][stage] for res in results]
+            assert float(r[f"f1_{stage}_mean"]) == pytest.approx(sum(fold_f1) / 2)
+        in_order = sum(
+            all(a < b for a, b in zip(ts[:-1], ts[1:], strict=True))
+            for ts in ([res["val_mean_position"]["blasts"][s] for s in stages] for res in results)
+        )
+        assert int(r["ordered_blasts"]) == in_order
     # both variants saw the same folds
     splits = [rundir.read_split(out / slug / "fold1") for slug in ("tml", "linear-uniform-normal")]
     assert splits[0]["val"] == splits[1]["val"]

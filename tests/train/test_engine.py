@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import json
+import math
 import re
 import shutil
 
@@ -119,6 +121,30 @@ def test_augment_matches_a_naive_per_pixel_affine_map():
             if 0 <= sx <= 31 and 0 <= sy <= 31:
                 expected = np.array([sx * 4, sy * 4, (sx + sy) * 2])
                 assert np.abs(out[n, :, i, j] - expected).max() <= 1.01
+
+
+def test_stain_jitter_is_a_per_image_per_channel_affine_map_of_optical_density():
+    s = 0.3
+    batch = np.random.default_rng(4).uniform(0, 255, (3, 3, 8, 8))
+    gen = torch.Generator().manual_seed(2)
+    out = BatchAugment(stain_jitter=s, generator=gen).stain(torch.from_numpy(batch)).numpy()
+    gen.manual_seed(2)  # the same draws: 3 scales per image, then 3 shifts per image
+
+    def draw(lo: float, hi: float) -> np.ndarray:
+        return (torch.rand(9, generator=gen, dtype=torch.float64) * (hi - lo) + lo).numpy().reshape(3, 3)
+
+    scale, shift = draw(1 - s, 1 + s), draw(-s / 2, s / 2)
+    assert np.ptp(scale) > 0 and np.ptp(shift) > 0
+    for n, c, i, j in itertools.product(range(3), range(3), range(8), range(8)):  # a naive loop
+        od = -math.log((batch[n, c, i, j] + 1) / 256)
+        expected = 256 * math.exp(-(scale[n, c] * od + shift[n, c])) - 1
+        assert out[n, c, i, j] == pytest.approx(expected, rel=1e-9, abs=1e-9)
+    # no jitter: exactly the geometric augmentation, from the same random stream
+    images = torch.from_numpy(batch.round().astype(np.uint8))
+    plain = BatchAugment(generator=torch.Generator().manual_seed(5))(images)
+    off = BatchAugment(stain_jitter=0.0, generator=torch.Generator().manual_seed(5))(images)
+    on = BatchAugment(stain_jitter=s, generator=torch.Generator().manual_seed(5))(images)
+    assert torch.equal(plain, off) and not torch.equal(plain, on)
 
 
 def test_augment_is_repeatable_from_its_generator():
