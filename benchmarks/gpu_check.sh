@@ -57,9 +57,9 @@ sys.path.insert(0, "tests/export")
 if run_arg:
     run = Path(run_arg)
 else:  # an untrained run on random "images": speed and parity, not accuracy
-    from export_helpers import TWO_LINEAGES, make_run
+    from export_helpers import TWO_LINEAGES, make_run, shared_pbc_dev
 
-    data = Path("../shared/data/pbc-dev")
+    data = shared_pbc_dev()  # the development data set, as the tests find it ($SMR_SHARED_DATA)
     run = make_run(out / "run", data, spec=TWO_LINEAGES, image_size=size, n_train=4, n_val=2,
                    real_svm=False).path
 

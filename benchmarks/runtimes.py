@@ -14,7 +14,7 @@ A size other than the run's is exported from a copy of the run with that ``image
 weights; DenseNet is fully convolutional): its speed is the network's at that size, its accuracy
 figures compare precisions at that size, not the run's accuracy.
 
-    .venv/bin/python benchmarks/runtimes.py --run /work/runs/pbc-default --out /tmp/smr-runtimes \\
+    .venv/bin/python benchmarks/runtimes.py --run RUN --out /tmp/smr-runtimes \\
         --markdown /tmp/smr-runtimes/table.md
 """
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import sys
 
@@ -54,6 +55,17 @@ def build_parser() -> argparse.ArgumentParser:
         "on a learnt maturation curve.",
     )
     parser.add_argument("--version", action="version", version=f"smr {__version__}")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        dest="log_verbose",
+        action="count",
+        default=0,
+        help="more messages from the library (-vv: debug); before the sub-command",
+    )
+    parser.add_argument(
+        "-q", "--quiet", dest="log_quiet", action="store_true", help="only errors; before the sub-command"
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).add_parsers(subparsers)
@@ -118,9 +130,36 @@ def run_command(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
 
 
+class _Handler(logging.StreamHandler):
+    """The command line's handler of the ``smr`` loggers (one, however often :func:`main` runs); it
+    writes to whatever ``sys.stderr`` is at the time (tests and the demo replace it)."""
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ sets it; sys.stderr is used instead
+        pass
+
+
+def configure_logging(verbose: int = 0, quiet: bool = False) -> None:
+    """Library modules log through ``logging.getLogger(__name__)`` (``smr.*``); the command line
+    shows their warnings on stderr, INFO with ``-v``, DEBUG with ``-vv``, errors only with ``-q``."""
+    level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
+    logger = logging.getLogger("smr")
+    logger.setLevel(level)
+    handler = next((h for h in logger.handlers if isinstance(h, _Handler)), None)
+    if handler is None:
+        handler = _Handler()
+        handler.setFormatter(logging.Formatter("%(name)s: %(levelname)s: %(message)s"))
+        logger.addHandler(handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    configure_logging(args.log_verbose, args.log_quiet)
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE

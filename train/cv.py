@@ -281,6 +281,10 @@ def check_settings(out: Path, settings: dict[str, Any]) -> None:
     path = out / "cv.json"
     if path.is_file():
         previous = json.loads(path.read_text())
+        if isinstance(previous.get("base_config"), dict):  # fields added since take their defaults
+            defaults, before = TrainConfig().to_dict(), previous["base_config"]
+            added = {k: defaults[k] for k in settings.get("base_config", {}) if k not in before}
+            previous["base_config"] = {**before, **added}
         keys = ("data", "folds", "base_config")
         changed = [k for k in keys if previous.get(k) != settings.get(k)]
         if changed:

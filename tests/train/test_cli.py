@@ -229,6 +229,11 @@ def test_cv_writes_the_table_and_resumes(blob_data, tmp_path, monkeypatch, capsy
     capsys.readouterr()
     assert main(argv) == 0
     assert "4 complete, 0 to train" in capsys.readouterr().err
+    # a cv.json written before a config field existed still resumes: the field takes its default
+    doc = json.loads((out / "cv.json").read_text())
+    del doc["base_config"]["stain_jitter"]
+    (out / "cv.json").write_text(json.dumps(doc))
+    assert main(argv) == 0
 
     # other settings in the same folder are refused
     with pytest.raises(SystemExit, match="different"):
