@@ -63,6 +63,30 @@ def test_default_server_serves_grpc_and_metrics_only(toy_server):
     assert "--allow-http=false" in toy_server.command()
 
 
+def test_the_chunked_request_that_crashes_2_51_reaches_no_http_front_end(toy_server):
+    """CVE-2025-23310: a large chunked HTTP request crashed 2.51's HTTP server. The default server has
+    none; sent to every port it listens on, the request is refused and the server stays up."""
+    import socket
+
+    import tritonclient.grpc as grpcclient
+
+    chunk = b"x" * 65536
+    body = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(56)) + b"0\r\n\r\n"  # 3.6 MB
+    head = b"POST /v2/models/toy/infer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    request = head + body
+    for port in sorted(_listening_ports(toy_server.pid)):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            try:
+                sock.sendall(request)
+                sock.recv(1024)
+            except OSError:
+                pass  # refused or reset: what the port should do with it
+    time.sleep(1.0)
+    assert toy_server.poll() is None, "tritonserver died"
+    with grpcclient.InferenceServerClient(toy_server.grpc_url) as client:
+        assert client.is_server_ready()
+
+
 def test_restricted_apis_are_refused_without_the_key_and_work_with_it(toy_server):
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
