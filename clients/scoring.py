@@ -9,7 +9,6 @@ detection exactly once, in the order of the detections file.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import time
 from collections.abc import Iterator, Sequence
@@ -24,7 +23,7 @@ from .client import SMRClient
 from .defaults import DEFAULT_FLAGGED, DEFAULT_PER_CLASS
 from .detections import Detection, cells_feature_collection, read_detections
 from .errors import InputError, SMRClientError
-from .journal import Journal
+from .journal import Journal, slide_sha256
 from .model_info import ModelInfo, provenance
 from .outputs import cell_fields, cell_records, csv_text
 from .palette import class_colors
@@ -91,14 +90,6 @@ class SlideScore:
     def cells_per_second(self) -> float:
         fresh = self.scored - self.resumed
         return fresh / self.seconds if self.seconds > 0 else float("nan")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _batches(
@@ -257,7 +248,7 @@ def _run_record(
         },
         "detections": {
             "name": detections_path.name,
-            "sha256": _sha256(detections_path),
+            "sha256": slide_sha256(detections_path),
             "count": len(detections),
         },
         "geometry": geom.to_dict(),
