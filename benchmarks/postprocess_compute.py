@@ -101,19 +101,39 @@ class RbfSvmBefore(RbfSvm):
 def postprocess_module() -> types.ModuleType:
     """serving/triton_models/postprocess.py, its vendored imports pointed at the ``smr`` modules."""
     import smr.core
+    import smr.core.contract
     import smr.core.curves_json
+    import smr.core.review
     import smr.core.svm
 
     sys.modules.setdefault("triton_python_backend_utils", types.ModuleType("triton_python_backend_utils"))
+    for name in ("contract", "curves_json", "review", "svm"):
+        sys.modules.setdefault(f"smr_core.{name}", getattr(smr.core, name))
+    sys.modules.setdefault("smr_core", smr.core)
     from smr.serving.triton_models import triton_io
 
     sys.modules.setdefault("smr_triton_io", triton_io)
-    sys.modules.setdefault("smr_core", smr.core)
-    sys.modules.setdefault("smr_core.curves_json", smr.core.curves_json)
-    sys.modules.setdefault("smr_core.svm", smr.core.svm)
     from smr.serving.triton_models import postprocess
 
     return postprocess
+
+
+def postprocess_state(svm, curves) -> SimpleNamespace:
+    """What ``TritonPythonModel.initialize`` leaves for ``compute()``: SVM, curves, review rule."""
+    from smr.core.contract import DEFAULT_REVIEW_MARGIN
+    from smr.core.review import class_stages
+
+    try:
+        stage_of_class = class_stages(list(svm.classes), [lc.classes for lc in curves])
+    except ValueError:  # the synthetic SVM's classes are not the curves' stages: no class has a stage
+        stage_of_class = np.full((len(svm.classes), 2), -1, dtype=np.int64)
+    return SimpleNamespace(
+        svm=svm,
+        curves=curves,
+        _boundaries=[lc.boundaries for lc in curves],
+        _class_stage=stage_of_class,
+        review_margin=DEFAULT_REVIEW_MARGIN,
+    )
 
 
 def synthetic_svm(k: int, dim: int, rng: np.random.Generator) -> tuple[dict, np.ndarray]:
@@ -195,13 +215,13 @@ def main(argv: list[str] | None = None) -> int:
     cases = []
     for k, (doc, x) in models.items():
         for cls, name in ((RbfSvmBefore, "before"), (RbfSvm, "after")):
-            stub = SimpleNamespace(svm=cls.from_dict(doc), curves=curves)
+            stub = postprocess_state(cls.from_dict(doc), curves)
             for batch in BATCHES:
                 cases.append((k, name, batch, stub, np.resize(x.astype(np.float32), (batch, x.shape[1]))))
         # same outputs before and after (the check of this benchmark, not the test)
         xb = x[: max(BATCHES)].astype(np.float32)
-        before = compute(SimpleNamespace(svm=RbfSvmBefore.from_dict(doc), curves=curves), xb)
-        after = compute(SimpleNamespace(svm=RbfSvm.from_dict(doc), curves=curves), xb)
+        before = compute(postprocess_state(RbfSvmBefore.from_dict(doc), curves), xb)
+        after = compute(postprocess_state(RbfSvm.from_dict(doc), curves), xb)
         diff = max(float(np.abs(before[n].astype(np.float64) - after[n]).max()) for n in before)
         print(
             f"{k} classes: largest output difference before/after {diff:.1e}; "

@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from smr.core.contract import BACKBONE, ENSEMBLE, IMAGE
+
 SMR = str(Path(sys.executable).parent / "smr")
 
 
@@ -84,7 +86,7 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=5.0)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--kill", default="smr_backbone", help="model whose stub is killed")
+    parser.add_argument("--kill", default=BACKBONE, help="model whose stub is killed")
     parser.add_argument("--kill-at", type=float, default=0.5, help="fraction of the run (default 0.5)")
     parser.add_argument("--warmup", type=float, default=30.0, help="seconds before memory is counted")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
@@ -108,7 +110,7 @@ def main() -> int:
     stderr_lines: list[str] = []
     threading.Thread(target=lambda: stderr_lines.extend(serve.stderr), daemon=True).start()
     with grpcclient.InferenceServerClient(url) as client:
-        size = int(client.get_model_config("smr", as_json=True)["config"]["input"][0]["dims"][0])
+        size = int(client.get_model_config(ENSEMBLE, as_json=True)["config"]["input"][0]["dims"][0])
 
     duration = args.minutes * 60
     events: list[tuple[float, float, str | None]] = []  # (sent, done, error)
@@ -119,11 +121,11 @@ def main() -> int:
         with grpcclient.InferenceServerClient(url) as c:
             while not stop.is_set():
                 images = rng.integers(0, 256, size=(args.batch_size, size, size, 3), dtype=np.uint8)
-                inputs = [grpcclient.InferInput("IMAGE", list(images.shape), "UINT8")]
+                inputs = [grpcclient.InferInput(IMAGE, list(images.shape), "UINT8")]
                 inputs[0].set_data_from_numpy(images)
                 sent = time.monotonic()
                 try:
-                    c.infer("smr", inputs, client_timeout=120)
+                    c.infer(ENSEMBLE, inputs, client_timeout=120)
                     events.append((sent, time.monotonic(), None))
                 except Exception as exc:  # recorded; a real client would retry
                     events.append((sent, time.monotonic(), str(exc).splitlines()[0][:160]))

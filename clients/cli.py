@@ -10,6 +10,7 @@ from functools import partial
 from pathlib import Path
 
 from smr.clients.retry import DEFAULT_RETRIES, RETRY_BUDGET
+from smr.core.contract import ENSEMBLE
 from smr.core.lineages import MPP_RANGE
 
 from .defaults import DEFAULT_FLAGGED, DEFAULT_MARGIN, DEFAULT_PER_CLASS
@@ -67,7 +68,30 @@ def _url(text: str) -> str:
 
 
 def _add_server_args(p: argparse.ArgumentParser, *, metrics: bool = True) -> None:
+    """The "server" options: where, how to send requests, TLS, the review margin and client metrics."""
     g = p.add_argument_group("server")
+    _add_connection_args(g)
+    _add_request_args(g)
+    _add_tls_args(g)
+    g.add_argument(
+        "--margin",
+        type=_margin,
+        default=DEFAULT_MARGIN,
+        metavar="T",
+        help="flag a cell for review when its two most probable classes differ by less than T in SVM "
+        "probability (0..1; default: %(default)s)",
+    )
+    if metrics:
+        g.add_argument(
+            "--metrics-port",
+            type=_port,
+            metavar="PORT",
+            help="serve client metrics for Prometheus on this port (/metrics)",
+        )
+
+
+def _add_connection_args(g) -> None:
+    """Where the server is, which model, and how long and how often a request is tried."""
     g.add_argument(
         "--url",
         type=_url,
@@ -78,7 +102,7 @@ def _add_server_args(p: argparse.ArgumentParser, *, metrics: bool = True) -> Non
         "goes to the one with the fewest requests outstanding, and to another when one fails (--max-in-"
         "flight counts the requests to all of them)",
     )
-    g.add_argument("--model", default="smr", help="name of the ensemble (default: %(default)s)")
+    g.add_argument("--model", default=ENSEMBLE, help="name of the ensemble (default: %(default)s)")
     g.add_argument(
         "--timeout",
         type=_timeout,
@@ -94,6 +118,10 @@ def _add_server_args(p: argparse.ArgumentParser, *, metrics: bool = True) -> Non
         help="most retries of a request, with exponential back-off, while the server is unavailable or "
         f"restarting; they stop {RETRY_BUDGET:g} s after its first attempt (default: %(default)s)",
     )
+
+
+def _add_request_args(g) -> None:
+    """How requests are sent: their size, how many at once, their compression."""
     g.add_argument(
         "--batch-size",
         type=_positive_int,
@@ -113,6 +141,10 @@ def _add_server_args(p: argparse.ArgumentParser, *, metrics: bool = True) -> Non
         default="none",
         help="compress requests (default: %(default)s; gzip helps on slow networks)",
     )
+
+
+def _add_tls_args(g) -> None:
+    """TLS, optionally with a client certificate."""
     g.add_argument("--ssl", action="store_true", help="connect with TLS")
     g.add_argument(
         "--root-certs", metavar="PEM", help="CA certificates to trust (with --ssl; default: the system's)"
@@ -121,21 +153,6 @@ def _add_server_args(p: argparse.ArgumentParser, *, metrics: bool = True) -> Non
         "--client-key", metavar="PEM", help="private key for client-certificate TLS (with --client-cert)"
     )
     g.add_argument("--client-cert", metavar="PEM", help="certificate chain for client-certificate TLS")
-    g.add_argument(
-        "--margin",
-        type=_margin,
-        default=DEFAULT_MARGIN,
-        metavar="T",
-        help="flag a cell for review when its two most probable classes differ by less than T in SVM "
-        "probability (0..1; default: %(default)s)",
-    )
-    if metrics:
-        g.add_argument(
-            "--metrics-port",
-            type=_port,
-            metavar="PORT",
-            help="serve client metrics for Prometheus on this port (/metrics)",
-        )
 
 
 def _add_geometry_args(p: argparse.ArgumentParser) -> None:
@@ -183,6 +200,13 @@ def _add_output_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_parsers(subparsers) -> None:
+    """The ``classify``, ``score-slide`` and ``score-slides`` commands."""
+    _add_classify_parser(subparsers)
+    _add_score_slide_parser(subparsers)
+    _add_score_slides_parser(subparsers)
+
+
+def _add_classify_parser(subparsers) -> None:
     classify = subparsers.add_parser(
         "classify",
         help="classify cell images with an SMR server",
@@ -202,6 +226,8 @@ def add_parsers(subparsers) -> None:
     _add_server_args(classify, metrics=False)
     classify.set_defaults(func=run_classify)
 
+
+def _add_score_slide_parser(subparsers) -> None:
     slide = subparsers.add_parser(
         "score-slide",
         help="score every detected cell of a whole slide and write a differential-count report",
@@ -224,6 +250,8 @@ def add_parsers(subparsers) -> None:
     _add_server_args(slide)
     slide.set_defaults(func=run_score_slide)
 
+
+def _add_score_slides_parser(subparsers) -> None:
     slides = subparsers.add_parser(
         "score-slides",
         help="score many slides, a few at a time, and summarise them",
@@ -447,36 +475,68 @@ def run_score_slide(args: argparse.Namespace) -> int:
 
 
 def run_score_slides(args: argparse.Namespace) -> int:
-    from smr.clients.batch import find_jobs, run_jobs, summary_rows, write_summary
     from smr.clients.errors import InputError, SMRClientError
-    from smr.clients.scoring import model_scale, score_slide
 
     out = Path(args.out)
     try:
-        jobs, skipped = find_jobs(args.source)
+        jobs = _slide_jobs(args)
+        client = _checked_client(args)
+    except SMRClientError as exc:
+        return _fail("score-slides", str(exc), 2 if isinstance(exc, InputError) else 1)
+    info = client.info
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        outcomes = _score_jobs(args, jobs, out, client)
     except InputError as exc:
         return _fail("score-slides", str(exc))
+    finally:
+        client.close()
+    return _summarise_jobs(outcomes, info, out)
+
+
+def _slide_jobs(args: argparse.Namespace) -> list:
+    """The slides of ``args.source`` (the ones skipped named on stderr); :class:`InputError` when
+    none can be found, or when some do not state their resolution and no option makes up for it."""
+    from smr.clients.batch import find_jobs
+    from smr.clients.errors import InputError
+
+    jobs, skipped = find_jobs(args.source)
     for s in skipped:
         print(f"skipped {s}", file=sys.stderr)
     if args.level is None and args.slide_mpp is None:
         unknown = _slides_without_resolution([job.slide for job in jobs])
         if unknown:
             names = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
-            return _fail(
-                "score-slides",
+            raise InputError(
                 f"{len(unknown)} of {len(jobs)} slides do not state their resolution (microns per pixel): "
-                f"{names}; pass --slide-mpp UM, or read a pyramid level as it is with --level N",
+                f"{names}; pass --slide-mpp UM, or read a pyramid level as it is with --level N"
             )
+    return jobs
+
+
+def _checked_client(args: argparse.Namespace):
+    """A client whose server answers with a model that states its scale (or the options give one);
+    the client is closed again when not."""
+    from smr.clients.errors import SMRClientError
+    from smr.clients.scoring import model_scale
+
     client = None
     try:
         client = make_client(args)
-        info = client.info
-        model_scale(info, client.url, args.mpp, args.level)
-    except SMRClientError as exc:
+        model_scale(client.info, client.url, args.mpp, args.level)
+    except SMRClientError:
         if client is not None:
             client.close()
-        return _fail("score-slides", str(exc), 2 if isinstance(exc, InputError) else 1)
-    out.mkdir(parents=True, exist_ok=True)
+        raise
+    return client
+
+
+def _score_jobs(args: argparse.Namespace, jobs: list, out: Path, client) -> list:
+    """Score every slide into ``out/<name>``, ``--parallel`` at a time or as Ray tasks (``--ray``);
+    their outcomes. One progress bar of slides, or one of cells when the slides go one by one."""
+    from smr.clients.batch import run_jobs
+    from smr.clients.scoring import score_slide
+
     per_slide_bars = args.parallel == 1 and not args.no_progress and args.ray is None
     options = {  # score_slide's, for each slide (also in Ray tasks)
         "mpp": args.mpp,
@@ -497,29 +557,38 @@ def run_score_slides(args: argparse.Namespace) -> int:
         from tqdm import tqdm
 
         bar = tqdm(total=len(jobs), unit="slide", desc="slides", dynamic_ncols=True)
-
-    def done(outcome) -> None:
-        if bar is not None:
-            bar.update(1)
-        if not outcome.ok:
-            msg = f"{outcome.job.name}: failed: {outcome.error}"
-            (bar.write if bar is not None else print)(msg, file=sys.stderr)
-
     try:
         if args.ray is not None:  # one Ray task per slide, each with its own client and journal
-            from smr.clients.distributed import run_jobs_on_ray
-
-            task_args = argparse.Namespace(**{**vars(args), "metrics_port": None})
-            outcomes = run_jobs_on_ray(jobs, out, partial(make_client, task_args), options,
-                                       address=args.ray, on_done=done)  # fmt: skip
-        else:
-            outcomes = run_jobs(jobs, score, parallel=args.parallel, on_done=done)
-    except InputError as exc:
-        return _fail("score-slides", str(exc))
+            return _score_jobs_on_ray(args, jobs, out, options, partial(_slide_done, bar))
+        return run_jobs(jobs, score, parallel=args.parallel, on_done=partial(_slide_done, bar))
     finally:
         if bar is not None:
             bar.close()
-        client.close()
+
+
+def _score_jobs_on_ray(args: argparse.Namespace, jobs: list, out: Path, options: dict, done) -> list:
+    """The slides scored as Ray tasks, each making its own client (without a metrics port)."""
+    from smr.clients.distributed import run_jobs_on_ray
+
+    task_args = argparse.Namespace(**{**vars(args), "metrics_port": None})
+    return run_jobs_on_ray(
+        jobs, out, partial(make_client, task_args), options, address=args.ray, on_done=done
+    )
+
+
+def _slide_done(bar, outcome) -> None:
+    """A slide finished: the progress bar moves on; a failure is named on stderr."""
+    if bar is not None:
+        bar.update(1)
+    if not outcome.ok:
+        msg = f"{outcome.job.name}: failed: {outcome.error}"
+        (bar.write if bar is not None else print)(msg, file=sys.stderr)
+
+
+def _summarise_jobs(outcomes: list, info, out: Path) -> int:
+    """Write ``out/summary.csv`` (and its companions), print the table; 1 when a slide failed."""
+    from smr.clients.batch import summary_rows, write_summary
+
     rows = summary_rows(outcomes, info)
     csv_path, _ = write_summary(out, rows)
     print(format_summary(rows))

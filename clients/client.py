@@ -6,19 +6,39 @@ allows, keeps several requests in flight (threads around blocking gRPC calls, wh
 GIL), retries with exponential back-off while the server is unavailable or restarting (see
 :mod:`.retry`), and returns typed
 :class:`~smr.clients.results.CellResult` objects in input order.
+
+What it shares with the asyncio client (:mod:`.aio`) is here too: :class:`ClientCore` (options,
+endpoints, what a request is and what its answer means) and :class:`RetriedRequest` (when to try a
+request again and which error ends it); each client keeps only its calls and its waiting.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any, TypeVar
 
 import numpy as np
+
+from smr.core.contract import (
+    BORDERLINE,
+    CLASS_ID,
+    CLASSIFICATION_OUTPUTS,
+    CURVE_DISTANCE,
+    EMBEDDING,
+    ENSEMBLE,
+    IMAGE,
+    MATURITY,
+    PROBABILITIES,
+    REVIEW_OUTPUTS,
+    STAGE,
+)
 
 from .endpoints import EndpointPool, RequestAttempts
 from .errors import ModelConfigError, ServerRequestError, ServerUnavailableError
@@ -56,9 +76,9 @@ DEFAULT_URL = "127.0.0.1:8001"
 COMPRESSIONS = ("none", "gzip", "deflate")
 #: gRPC's own ceiling (int32): a batch of 256 patches of 224 px is ~38 MB, past gRPC's 4 MB default.
 MAX_MESSAGE_BYTES = 2**31 - 1
-OUTPUTS = ("PROBABILITIES", "CLASS_ID", "MATURITY", "CURVE_DISTANCE")
-EMBEDDING_OUTPUT = "EMBEDDING"
-INPUT = "IMAGE"
+# the tensor names of smr.core.contract: what a client asks for and what it sends
+OUTPUTS = CLASSIFICATION_OUTPUTS
+INPUT = IMAGE
 
 #: Triton's default ports: HTTP/REST, which SMR clients do not speak, and gRPC, which they do.
 TRITON_HTTP_PORT, TRITON_GRPC_PORT = 8000, 8001
@@ -124,7 +144,7 @@ class ConnectionOptions:
     ``url`` is one ``HOST:PORT`` or several, comma-separated (see :mod:`.endpoints`)."""
 
     url: str = DEFAULT_URL  # one HOST:PORT or several, comma-separated (a sequence: join it with check_urls)
-    model: str = "smr"
+    model: str = ENSEMBLE
     timeout: float = 120.0  # seconds per request (a whole batch)
     retries: int = DEFAULT_RETRIES  # most extra attempts while the server is unavailable (retry.py)
     backoff: float = DEFAULT_BACKOFF  # first back-off in seconds; doubles per retry, capped at max_backoff
@@ -235,47 +255,92 @@ def request_error(
     )
 
 
-def new_attempts(client: Any, *, inference: bool) -> RequestAttempts:
-    """The attempts of one request of ``client`` (blocking or asyncio): its endpoints, a fresh retry
-    budget; an inference (made once the model is known) records per-endpoint latency."""
-    metrics = client.metrics
-    observe = metrics.observe_endpoint if inference and metrics is not None else None
-    budget = client.options.retry_state(client._clock)
-    return RequestAttempts(client._pool, budget, model_known=inference, observe=observe)
+class RetriedRequest:
+    """One request's attempts over the client's endpoints within its retry budget: when to try
+    again, after how long, and which error to raise once that is no use. The blocking and the
+    asyncio client share it; their loops differ only in whether they block or await::
 
+        request = client._request(what)
+        while True:
+            with request.attempt() as grpc:  # the gRPC client of the endpoint the pool picked
+                return call(grpc)  # answered (asyncio: ``return await call(grpc)``)
+            sleep(request.delay)  # failed, worth retrying (0: failing over to another endpoint)
 
-def retry_delay_or_raise(
-    options: ConnectionOptions,
-    attempts: RequestAttempts,
-    exc: BaseException,
-    what: str,
-    metrics: ClientMetrics | None,
-) -> float:
-    """After a failed attempt: the seconds to wait before the next one (0: failing over to another
-    endpoint), or the clear error raised (from ``None``) when ``exc`` is not retryable or the
-    request's retry budget is spent. Shared by the blocking and the asyncio client, which wait."""
-    assert attempts.endpoint is not None, "failed() after an attempt only"
-    url = attempts.endpoint.url
-    retryable = attempts.retryable(exc)
-    delay = attempts.failed(exc)
-    if metrics is not None and retryable:
-        metrics.endpoint_failures.labels(endpoint=url).inc()
-    if delay is not None:
-        if metrics is not None:
+    A failed attempt (a tritonclient exception) ends its ``with`` block quietly when the request is
+    worth retrying, and with the clear error (:class:`ServerUnavailableError`,
+    :class:`ServerRequestError`) when it is not; any other exception (a cancelled task, a bug)
+    abandons the attempt and propagates.
+    """
+
+    def __init__(
+        self, options: ConnectionOptions, attempts: RequestAttempts, what: str, metrics: ClientMetrics | None
+    ) -> None:
+        self.options, self.attempts, self.what, self.metrics = options, attempts, what, metrics
+        self.delay = 0.0  # seconds to wait before the next attempt, once one failed
+
+    def attempt(self) -> RetriedRequest:
+        """Start the next attempt on the endpoint the pool picks; the ``with`` block makes it."""
+        self.attempts.start()
+        return self
+
+    def __enter__(self) -> Any:
+        assert self.attempts.endpoint is not None, "attempt() first"
+        return self.attempts.endpoint.handle
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool:
+        if exc is None:
+            self.attempts.succeeded()
+            return False
+        from tritonclient.utils import InferenceServerException
+
+        if isinstance(exc, InferenceServerException):
+            self.delay = self.delay_or_raise(exc)
+            return True
+        self.attempts.abandoned()
+        return False
+
+    def delay_or_raise(self, exc: BaseException) -> float:
+        """After a failed attempt: the seconds to wait before the next one (0: failing over to another
+        endpoint), or the clear error raised (from ``None``) when ``exc`` is not retryable or the
+        request's retry budget is spent."""
+        attempts = self.attempts
+        assert attempts.endpoint is not None, "after an attempt only"
+        url = attempts.endpoint.url
+        retryable = attempts.retryable(exc)
+        delay = attempts.failed(exc)
+        self._count_failure(exc, url, retryable=retryable, delay=delay)
+        if delay is not None:
+            return delay
+        if retryable or status_of(exc) == DEADLINE:
+            raise unavailable_error(
+                self.options, exc, attempts.attempts, attempts.budget.elapsed, url
+            ) from None
+        raise request_error(self.options, exc, self.what, url) from None
+
+    def _count_failure(self, exc: BaseException, url: str, *, retryable: bool, delay: float | None) -> None:
+        """The failed attempt in the metrics: a failure of its endpoint when the pool passes it over
+        for it (``retryable``), then a retry (a failover when sent at once, ``delay`` 0) or, with no
+        ``delay``, the request's error by gRPC status."""
+        metrics = self.metrics
+        if metrics is None:
+            return
+        if retryable:
+            metrics.endpoint_failures.labels(endpoint=url).inc()
+        if delay is not None:
             metrics.retries.inc()
             if delay == 0:
                 metrics.failovers.inc()
-        return delay
-    status = status_of(exc)
-    if metrics is not None:
-        metrics.request_errors.labels(status=status.replace("StatusCode.", "") or "UNKNOWN").inc()
-    if retryable or status == DEADLINE:
-        raise unavailable_error(options, exc, attempts.attempts, attempts.budget.elapsed, url) from None
-    raise request_error(options, exc, what, url) from None
+        else:
+            status = status_of(exc).replace("StatusCode.", "") or "UNKNOWN"
+            metrics.request_errors.labels(status=status).inc()
 
 
 def parse_outputs(result: Any, n: int, info: ModelInfo, *, embeddings: bool) -> BatchOutputs:
-    """Read an ``InferResult`` into :class:`BatchOutputs`, checking shapes against the announced ones."""
+    """Read an ``InferResult`` into :class:`BatchOutputs`, checking shapes against the announced ones.
+
+    ``STAGE`` and ``BORDERLINE`` are read when the ensemble serves them (:attr:`ModelInfo.serves_review`)."""
 
     def get(name: str, width: int) -> np.ndarray:
         arr = result.as_numpy(name)
@@ -288,18 +353,23 @@ def parse_outputs(result: Any, n: int, info: ModelInfo, *, embeddings: bool) -> 
             )
         return arr.reshape(n, width)
 
-    emb = result.as_numpy(EMBEDDING_OUTPUT) if embeddings else None
+    emb = result.as_numpy(EMBEDDING) if embeddings else None
+    n_lineages = len(info.lineages)
     return BatchOutputs(
-        probabilities=get("PROBABILITIES", len(info.classes)),
-        class_id=get("CLASS_ID", 1).reshape(n),
-        maturity=get("MATURITY", len(info.lineages)),
-        distance=get("CURVE_DISTANCE", len(info.lineages)),
+        probabilities=get(PROBABILITIES, len(info.classes)),
+        class_id=get(CLASS_ID, 1).reshape(n),
+        maturity=get(MATURITY, n_lineages),
+        distance=get(CURVE_DISTANCE, n_lineages),
         embedding=None if emb is None else emb.reshape(n, -1),
+        stage=get(STAGE, n_lineages) if info.serves_review else None,
+        borderline=get(BORDERLINE, 1).reshape(n) if info.serves_review else None,
     )
 
 
 def requested_output_names(info: ModelInfo, *, embeddings: bool) -> list[str]:
-    names = [*OUTPUTS, EMBEDDING_OUTPUT] if embeddings else list(OUTPUTS)
+    names = [*OUTPUTS, EMBEDDING] if embeddings else list(OUTPUTS)
+    if info.serves_review:
+        names += REVIEW_OUTPUTS
     return names + [n for n in info.must_request if n not in names]
 
 
@@ -309,9 +379,15 @@ def batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
         yield chunk
 
 
-class RequestSettings:
-    """The request options that the blocking and the asyncio client share (set and validated by
-    :func:`apply_request_settings`)."""
+class ClientCore:
+    """What the blocking :class:`SMRClient` and the asyncio client share: their options, checked
+    once; their endpoints; what the server said (model, version); how a request is retried
+    (:class:`RetriedRequest`); what an inference request is and what its answer means.
+
+    A subclass adds only what blocks or awaits: the tritonclient module it speaks
+    (:meth:`_import_grpc`), its own state and way of waiting (:meth:`_setup`), and the calls.
+    The arguments are :class:`SMRClient`'s.
+    """
 
     requested_batch_size: int | None  # None: the server's max_batch_size
     max_in_flight: int
@@ -320,33 +396,187 @@ class RequestSettings:
     embeddings: bool
     metrics: ClientMetrics | None
 
+    def __init__(
+        self,
+        url: str | Sequence[str] = DEFAULT_URL,
+        *,
+        model: str = ENSEMBLE,
+        timeout: float = 120.0,
+        retries: int = DEFAULT_RETRIES,
+        backoff: float = DEFAULT_BACKOFF,
+        retry_budget: float = RETRY_BUDGET,
+        ssl: bool = False,
+        root_certificates: str | None = None,
+        private_key: str | None = None,
+        certificate_chain: str | None = None,
+        compression: str | None = None,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+        batch_size: int | None = None,
+        max_in_flight: int = 4,
+        resize: bool = False,
+        margin: float = DEFAULT_MARGIN,
+        embeddings: bool = False,
+        metrics: ClientMetrics | None = None,
+    ) -> None:
+        self.options = ConnectionOptions(
+            url=",".join(check_urls(url)),
+            model=model,
+            timeout=timeout,
+            retries=retries,
+            backoff=backoff,
+            retry_budget=retry_budget,
+            ssl=ssl,
+            root_certificates=root_certificates,
+            private_key=private_key,
+            certificate_chain=certificate_chain,
+            compression=compression,
+            max_message_bytes=max_message_bytes,
+        )
+        self._apply_request_settings(batch_size, max_in_flight, resize, margin, embeddings, metrics)
+        self._connect()
+        self._setup()
 
-def apply_request_settings(
-    client: RequestSettings,
-    batch_size: int | None,
-    max_in_flight: int,
-    *,
-    resize: bool,
-    margin: float,
-    embeddings: bool,
-    metrics: ClientMetrics | None,
-) -> None:
-    """Validate and set the request options that the blocking and the asyncio client share."""
-    if batch_size is not None and batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if max_in_flight < 1:
-        raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
-    if margin < 0:
-        raise ValueError(f"margin must be >= 0, got {margin}")
-    client.requested_batch_size = batch_size
-    client.max_in_flight = max_in_flight
-    client.resize = resize
-    client.margin = margin
-    client.embeddings = embeddings
-    client.metrics = metrics
+    def _apply_request_settings(
+        self,
+        batch_size: int | None,
+        max_in_flight: int,
+        resize: bool,
+        margin: float,
+        embeddings: bool,
+        metrics: ClientMetrics | None,
+    ) -> None:
+        """Check and set the request options."""
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
+        if margin < 0:
+            raise ValueError(f"margin must be >= 0, got {margin}")
+        self.requested_batch_size = batch_size
+        self.max_in_flight = max_in_flight
+        self.resize = resize
+        self.margin = margin
+        self.embeddings = embeddings
+        self.metrics = metrics
+
+    def _connect(self) -> None:
+        """A gRPC client per endpoint (connected on first use), and nothing known of the server yet."""
+        grpc_module = self._grpc_module = self._import_grpc()
+        self._pool = EndpointPool(
+            self.options.urls,
+            lambda url: grpc_module.InferenceServerClient(**self.options.client_kwargs(url)),
+        )
+        self._info: ModelInfo | None = None
+        self._server_version: str | None = None
+        self._outputs: list | None = None  # known once the server's config is (_requested_outputs)
+        self._clock: Callable[[], float] = time.monotonic  # of the retries; replaced by tests
+
+    @staticmethod
+    def _import_grpc() -> Any:
+        """tritonclient's gRPC module of the subclass: ``tritonclient.grpc`` or ``tritonclient.grpc.aio``."""
+        raise NotImplementedError
+
+    def _setup(self) -> None:
+        """The subclass's own state; at least ``_sleep``, its way of waiting between attempts."""
+        raise NotImplementedError
+
+    # -- connection ------------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        return self.options.url
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        """The servers' ``HOST:PORT``s (one or more)."""
+        return self.options.urls
+
+    def _request(self, what: str, *, inference: bool = False) -> RetriedRequest:
+        """The attempts of one request (``what`` it is, for its error): the endpoints, a fresh retry
+        budget; an inference (made once the model is known) records per-endpoint latency."""
+        metrics = self.metrics
+        observe = metrics.observe_endpoint if inference and metrics is not None else None
+        budget = self.options.retry_state(self._clock)
+        attempts = RequestAttempts(self._pool, budget, model_known=inference, observe=observe)
+        return RetriedRequest(self.options, attempts, what, metrics)
+
+    # -- what the server is asked, and what its answers mean -------------------------------------
+
+    def _get_model_config(self, grpc: Any) -> Any:
+        """Ask ``grpc`` (an endpoint's client) for the model's configuration."""
+        return grpc.get_model_config(self.options.model, as_json=True, client_timeout=self.options.timeout)
+
+    @property
+    def _model_config_what(self) -> str:
+        return f"the configuration of model {self.options.model!r}"
+
+    def _model_info(self, config: Any) -> ModelInfo:
+        """The model's :class:`ModelInfo` from its configuration; :class:`ModelConfigError` for another
+        model than the one asked for."""
+        info = model_info_from_config(config)
+        if info.name != self.options.model:
+            raise ModelConfigError(f"asked for model {self.options.model!r}, got {info.name!r}")
+        return info
+
+    def _get_server_metadata(self, grpc: Any) -> Any:
+        """Ask ``grpc`` (an endpoint's client) for the server's metadata."""
+        return grpc.get_server_metadata(as_json=True, client_timeout=self.options.timeout)
+
+    @staticmethod
+    def _version_of(metadata: Any) -> str:
+        return str(metadata.get("version", ""))
+
+    def _batch_size_of(self, info: ModelInfo) -> int:
+        """Images per request: the requested size, at most the server's ``max_batch_size``."""
+        limit = info.max_batch_size
+        return limit if self.requested_batch_size is None else min(self.requested_batch_size, limit)
+
+    def _requested_outputs(self, info: ModelInfo) -> list:
+        """The outputs to ask for: what the results need, plus what the ensemble insists on."""
+        if self._outputs is None:
+            names = requested_output_names(info, embeddings=self.embeddings)
+            self._outputs = [self._grpc_module.InferRequestedOutput(name) for name in names]
+        return self._outputs
+
+    def _infer_call(self, info: ModelInfo, batch: np.ndarray) -> tuple[Callable[[Any], Any], str]:
+        """The inference request of a checked (N, H, W, 3) uint8 ``batch`` with N <= the server's
+        ``max_batch_size``, as a call of an endpoint's client, and what it is (for its error)."""
+        n = len(batch)
+        if n > info.max_batch_size:
+            raise ValueError(f"batch of {n} exceeds the server's max_batch_size {info.max_batch_size}")
+        outputs = self._requested_outputs(info)
+        inp = self._grpc_module.InferInput(INPUT, list(batch.shape), "UINT8")
+        inp.set_data_from_numpy(np.ascontiguousarray(batch, dtype=np.uint8))
+
+        def call(grpc: Any) -> Any:
+            return grpc.infer(
+                self.options.model,
+                [inp],
+                outputs=outputs,
+                client_timeout=self.options.timeout,
+                compression_algorithm=self.options.grpc_compression,
+            )
+
+        return call, f"a batch of {n} images"
+
+    def _answer(self, result: Any, n: int, info: ModelInfo, started: float) -> BatchOutputs:
+        """The outputs of an answered request of ``n`` images sent at ``started``
+        (``time.perf_counter``), recorded in the metrics."""
+        metrics = self.metrics
+        if metrics is not None:
+            metrics.request_latency.observe(time.perf_counter() - started)
+            metrics.requests.inc()
+            metrics.cells_scored.inc(n)
+        return parse_outputs(result, n, info, embeddings=self.embeddings)
+
+    def _cells(self, info: ModelInfo, parts: list[BatchOutputs]) -> list[CellResult]:
+        """The cells of the outputs ``parts``, in their order."""
+        if not parts:
+            return []
+        return cells_from_outputs(info, BatchOutputs.concatenate(parts), margin=self.margin)
 
 
-class SMRClient(RequestSettings):
+class SMRClient(ClientCore):
     """A blocking client of the ``smr`` ensemble; thread-safe.
 
     Args:
@@ -368,111 +598,37 @@ class SMRClient(RequestSettings):
         metrics: :class:`ClientMetrics` to record cells, latencies, retries and errors in.
     """
 
-    def __init__(
-        self,
-        url: str | Sequence[str] = DEFAULT_URL,
-        *,
-        model: str = "smr",
-        timeout: float = 120.0,
-        retries: int = DEFAULT_RETRIES,
-        backoff: float = DEFAULT_BACKOFF,
-        retry_budget: float = RETRY_BUDGET,
-        ssl: bool = False,
-        root_certificates: str | None = None,
-        private_key: str | None = None,
-        certificate_chain: str | None = None,
-        compression: str | None = None,
-        max_message_bytes: int = MAX_MESSAGE_BYTES,
-        batch_size: int | None = None,
-        max_in_flight: int = 4,
-        resize: bool = False,
-        margin: float = DEFAULT_MARGIN,
-        embeddings: bool = False,
-        metrics: ClientMetrics | None = None,
-    ) -> None:
+    @staticmethod
+    def _import_grpc() -> Any:
         import tritonclient.grpc as grpcclient
 
-        self.options = ConnectionOptions(
-            url=",".join(check_urls(url)),
-            model=model,
-            timeout=timeout,
-            retries=retries,
-            backoff=backoff,
-            retry_budget=retry_budget,
-            ssl=ssl,
-            root_certificates=root_certificates,
-            private_key=private_key,
-            certificate_chain=certificate_chain,
-            compression=compression,
-            max_message_bytes=max_message_bytes,
-        )
-        apply_request_settings(
-            self,
-            batch_size,
-            max_in_flight,
-            resize=resize,
-            margin=margin,
-            embeddings=embeddings,
-            metrics=metrics,
-        )
-        self._grpc_module = grpcclient
-        self._pool = EndpointPool(
-            self.options.urls,
-            lambda url: grpcclient.InferenceServerClient(**self.options.client_kwargs(url)),
-        )
+        return grpcclient
+
+    def _setup(self) -> None:
         self._grpc = self._pool.endpoints[0].handle  # the first endpoint's gRPC client
-        self._info: ModelInfo | None = None
-        self._server_version: str | None = None
         self._info_lock = threading.Lock()
         # bounds the requests in flight across every caller sharing this client (e.g. score-slides)
-        self._gate = threading.BoundedSemaphore(max_in_flight)
-        self._outputs: list | None = None  # known once the server's config is (requested_outputs)
-        self._clock, self._sleep = time.monotonic, time.sleep  # of the retries; replaced by tests
+        self._gate = threading.BoundedSemaphore(self.max_in_flight)
+        self._sleep: Callable[[float], None] = time.sleep  # of the retries; replaced by tests
 
     # -- connection ------------------------------------------------------------------------------
 
-    @property
-    def url(self) -> str:
-        return self.options.url
-
-    @property
-    def endpoints(self) -> tuple[str, ...]:
-        """The servers' ``HOST:PORT``s (one or more)."""
-        return self.options.urls
-
     def _with_retries(self, call: Callable[[Any], Any], what: str, *, inference: bool = False) -> Any:
         """``call(grpc_client)`` on the endpoints in turn (see :mod:`.endpoints`) until it is answered,
-        or the clear error once retrying is no use."""
-        from tritonclient.utils import InferenceServerException
-
-        attempts = new_attempts(self, inference=inference)
+        or the clear error once retrying is no use (:class:`RetriedRequest`)."""
+        request = self._request(what, inference=inference)
         while True:
-            endpoint = attempts.start()
-            try:
-                result = call(endpoint.handle)
-            except InferenceServerException as exc:
-                self._sleep(retry_delay_or_raise(self.options, attempts, exc, what, self.metrics))
-                continue
-            except BaseException:
-                attempts.abandoned()
-                raise
-            attempts.succeeded()
-            return result
+            with request.attempt() as grpc:
+                return call(grpc)
+            self._sleep(request.delay)
 
     @property
     def info(self) -> ModelInfo:
         """Classes, lineages, image size and batch limit, fetched from the server on first use."""
         with self._info_lock:
             if self._info is None:
-                config = self._with_retries(
-                    lambda grpc: grpc.get_model_config(
-                        self.options.model, as_json=True, client_timeout=self.options.timeout
-                    ),
-                    f"the configuration of model {self.options.model!r}",
-                )
-                self._info = model_info_from_config(config)
-                if self._info.name != self.options.model:
-                    raise ModelConfigError(f"asked for model {self.options.model!r}, got {self._info.name!r}")
+                config = self._with_retries(self._get_model_config, self._model_config_what)
+                self._info = self._model_info(config)
             return self._info
 
     @property
@@ -480,25 +636,18 @@ class SMRClient(RequestSettings):
         """The server's version from its metadata (Triton's, e.g. ``"2.51.0"``), fetched once."""
         with self._info_lock:
             if self._server_version is None:
-                meta = self._with_retries(
-                    lambda grpc: grpc.get_server_metadata(as_json=True, client_timeout=self.options.timeout),
-                    "its metadata",
-                )
-                self._server_version = str(meta.get("version", ""))
+                metadata = self._with_retries(self._get_server_metadata, "its metadata")
+                self._server_version = self._version_of(metadata)
             return self._server_version
 
     def requested_outputs(self) -> list:
         """The outputs to ask for: what the results need, plus what the ensemble insists on."""
-        if self._outputs is None:
-            names = requested_output_names(self.info, embeddings=self.embeddings)
-            self._outputs = [self._grpc_module.InferRequestedOutput(name) for name in names]
-        return self._outputs
+        return self._requested_outputs(self.info)
 
     @property
     def batch_size(self) -> int:
         """Images per request: the requested size, at most the server's ``max_batch_size``."""
-        limit = self.info.max_batch_size
-        return limit if self.requested_batch_size is None else min(self.requested_batch_size, limit)
+        return self._batch_size_of(self.info)
 
     def is_ready(self) -> bool:
         """True when a server answers and the model is ready there (no retries)."""
@@ -527,37 +676,23 @@ class SMRClient(RequestSettings):
     def infer(self, batch: np.ndarray) -> BatchOutputs:
         """One request: a checked (N, H, W, 3) uint8 batch with N <= the server's ``max_batch_size``."""
         info = self.info
-        n = len(batch)
-        if n > info.max_batch_size:
-            raise ValueError(f"batch of {n} exceeds the server's max_batch_size {info.max_batch_size}")
-        outputs = self.requested_outputs()
-        inp = self._grpc_module.InferInput(INPUT, list(batch.shape), "UINT8")
-        inp.set_data_from_numpy(np.ascontiguousarray(batch, dtype=np.uint8))
-
-        def call(grpc: Any) -> Any:
-            return grpc.infer(
-                self.options.model,
-                [inp],
-                outputs=outputs,
-                client_timeout=self.options.timeout,
-                compression_algorithm=self.options.grpc_compression,
-            )
-
-        metrics = self.metrics
-        with self._gate:
-            if metrics is not None:
-                metrics.in_flight.inc()
+        call, what = self._infer_call(info, batch)
+        with self._gate, self._in_flight():
             start = time.perf_counter()
-            try:
-                result = self._with_retries(call, f"a batch of {n} images", inference=True)
-            finally:
-                if metrics is not None:
-                    metrics.in_flight.dec()
-        if metrics is not None:
-            metrics.request_latency.observe(time.perf_counter() - start)
-            metrics.requests.inc()
-            metrics.cells_scored.inc(n)
-        return parse_outputs(result, n, info, embeddings=self.embeddings)
+            result = self._with_retries(call, what, inference=True)
+        return self._answer(result, len(batch), info, start)
+
+    @contextlib.contextmanager
+    def _in_flight(self) -> Iterator[None]:
+        """Count a request in the metrics' requests in flight while it is."""
+        gauge = None if self.metrics is None else self.metrics.in_flight
+        if gauge is not None:
+            gauge.inc()
+        try:
+            yield
+        finally:
+            if gauge is not None:
+                gauge.dec()
 
     def infer_batches(self, batches: Iterable[tuple[K, np.ndarray]]) -> Iterator[tuple[K, BatchOutputs]]:
         """Send ``(key, batch)`` pairs with up to ``max_in_flight`` requests at once; yield
@@ -628,7 +763,4 @@ class SMRClient(RequestSettings):
         finally:
             if bar is not None:
                 bar.close()
-        if not parts:
-            return []
-        ordered = BatchOutputs.concatenate([parts[k] for k in sorted(parts)])
-        return cells_from_outputs(info, ordered, margin=self.margin)
+        return self._cells(info, [parts[k] for k in sorted(parts)])

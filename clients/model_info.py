@@ -3,8 +3,9 @@ the physical scale the model was trained at and where it comes from.
 
 The ensemble's ``config.pbtxt`` carries ``parameters`` ``classes`` and ``lineages`` (JSON) and
 ``image_size`` (docs/architecture.md, "The tensor contract"), and, from ``smr export``, the scale
-(``microns_per_pixel``, ``field_of_view_um``) and provenance parameters named in
-:mod:`smr.export.pbtxt`; :func:`model_info_from_config` reads them from the JSON form of
+(``microns_per_pixel``, ``field_of_view_um``), the review margin the server flags cells with
+(``review_margin``, with the outputs ``STAGE`` and ``BORDERLINE``) and the provenance parameters,
+all named in :mod:`smr.core.contract`; :func:`model_info_from_config` reads them from the JSON form of
 ``ModelConfig`` that ``tritonclient.grpc`` returns with ``as_json=True``. :func:`provenance` turns
 them, with the server's Triton version, into summary.json's ``"provenance"``.
 """
@@ -19,8 +20,19 @@ from typing import Any
 
 import numpy as np
 
+from smr.core.contract import (
+    CLASSES_PARAMETER,
+    ENSEMBLE,
+    FOV_PARAMETER,
+    IMAGE,
+    IMAGE_SIZE_PARAMETER,
+    LINEAGES_PARAMETER,
+    MPP_PARAMETER,
+    PROVENANCE_PARAMETERS,
+    REVIEW_MARGIN_PARAMETER,
+    REVIEW_OUTPUTS,
+)
 from smr.core.targets import stage_boundaries
-from smr.export.pbtxt import FOV_PARAMETER, MPP_PARAMETER, PROVENANCE_PARAMETERS
 
 from .errors import ModelConfigError
 
@@ -33,7 +45,6 @@ __all__ = [
     "RESEARCH_NOTICE",
 ]
 
-IMAGE_INPUT = "IMAGE"
 #: Stated in every report, summary.json and on the terminal with a count.
 RESEARCH_NOTICE = "For research use, not for diagnosis."
 #: The keys of summary.json's "provenance", in order (report.html renders them).
@@ -83,6 +94,14 @@ class ModelInfo:
     # ensemble outputs that are also the input of a later step: Triton prunes ensemble steps by the
     # requested outputs and then stalls ("unexpected deadlock") unless these are requested too
     must_request: tuple[str, ...] = ()
+    # the SVM margin of the served STAGE and BORDERLINE outputs (smr.core.review); None when the
+    # ensemble does not serve them (exported before they existed): clients then derive them
+    review_margin: float | None = None
+
+    @property
+    def serves_review(self) -> bool:
+        """Whether the ensemble serves ``STAGE`` and ``BORDERLINE`` (with :attr:`review_margin`)."""
+        return self.review_margin is not None
 
     def lineage_of(self, class_name: str) -> int | None:
         """Index of the lineage that ``class_name`` is a stage of, or None for the other classes."""
@@ -160,23 +179,23 @@ def _lineage(item: Any, classes: tuple[str, ...], model: str) -> LineageInfo:
 
 def _image_size(config: Mapping[str, Any], params: Mapping[str, Any], model: str) -> int:
     for tensor in config.get("input", []):
-        if tensor.get("name") == IMAGE_INPUT:
+        if tensor.get("name") == IMAGE:
             dims = [int(d) for d in tensor.get("dims", [])]
             if len(dims) == 4:  # a config without batching lists the batch dimension itself
                 dims = dims[1:]
             if len(dims) == 3 and dims[0] > 0 and dims[0] == dims[1] and dims[2] == 3:
                 return dims[0]
-    text = _parameter(params, "image_size")
+    text = _parameter(params, IMAGE_SIZE_PARAMETER)
     if text is not None:
         try:
             return int(json.loads(text))
         except (ValueError, TypeError):
             raise ModelConfigError(
-                f"model {model!r}: parameter 'image_size' is not an integer: {text!r}"
+                f"model {model!r}: parameter {IMAGE_SIZE_PARAMETER!r} is not an integer: {text!r}"
             ) from None
     raise ModelConfigError(
-        f"model {model!r}: cannot tell the image size (no fixed square {IMAGE_INPUT} input, no 'image_size' "
-        "parameter)"
+        f"model {model!r}: cannot tell the image size (no fixed square {IMAGE} input, no "
+        f"{IMAGE_SIZE_PARAMETER!r} parameter)"
     )
 
 
@@ -206,6 +225,23 @@ def _scale(params: Mapping[str, Any], model: str) -> tuple[float | None, tuple[f
     return mpp, fov
 
 
+def _review_margin(params: Mapping[str, Any], outputs: set[Any], model: str) -> float | None:
+    """The margin of the served review outputs; None when the ensemble does not serve them."""
+    text = _parameter(params, REVIEW_MARGIN_PARAMETER)
+    if text is None or not set(REVIEW_OUTPUTS) <= outputs:
+        return None
+    try:
+        margin = float(text)
+    except ValueError:
+        margin = math.nan
+    if not 0.0 <= margin <= 1.0:
+        raise ModelConfigError(
+            f"model {model!r}: parameter {REVIEW_MARGIN_PARAMETER!r} is not a probability margin in "
+            f"[0, 1]: {text!r}"
+        )
+    return margin
+
+
 def _model_provenance(params: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key in PROVENANCE_PARAMETERS:
@@ -233,15 +269,17 @@ def model_info_from_config(config: Mapping[str, Any]) -> ModelInfo:
     """Build :class:`ModelInfo` from a ``ModelConfig`` in JSON form (``get_model_config(as_json=True)``)."""
     if "config" in config and isinstance(config["config"], Mapping):  # the whole ModelConfigResponse
         config = config["config"]
-    model = str(config.get("name", "smr"))
+    model = str(config.get("name", ENSEMBLE))
     params = config.get("parameters", {}) or {}
-    classes = _json_parameter(params, "classes", model)
+    classes = _json_parameter(params, CLASSES_PARAMETER, model)
     if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
-        raise ModelConfigError(f"model {model!r}: parameter 'classes' must be a JSON list of names")
+        raise ModelConfigError(
+            f"model {model!r}: parameter {CLASSES_PARAMETER!r} must be a JSON list of names"
+        )
     classes_t = tuple(classes)
-    lineages = _json_parameter(params, "lineages", model)
+    lineages = _json_parameter(params, LINEAGES_PARAMETER, model)
     if not isinstance(lineages, list):
-        raise ModelConfigError(f"model {model!r}: parameter 'lineages' must be a JSON list")
+        raise ModelConfigError(f"model {model!r}: parameter {LINEAGES_PARAMETER!r} must be a JSON list")
     lineage_infos = tuple(_lineage(item, classes_t, model) for item in lineages)
     max_batch = int(config.get("max_batch_size", config.get("maxBatchSize", 0)) or 0)
     if max_batch < 1:
@@ -254,7 +292,15 @@ def model_info_from_config(config: Mapping[str, Any]) -> ModelInfo:
     step_inputs = {
         str(v) for step in scheduling.get("step", []) for v in (step.get("input_map") or {}).values()
     }
-    known = {"classes", "lineages", "image_size", MPP_PARAMETER, FOV_PARAMETER, *PROVENANCE_PARAMETERS}
+    known = {
+        CLASSES_PARAMETER,
+        LINEAGES_PARAMETER,
+        IMAGE_SIZE_PARAMETER,
+        MPP_PARAMETER,
+        FOV_PARAMETER,
+        REVIEW_MARGIN_PARAMETER,
+        *PROVENANCE_PARAMETERS,
+    }
     extra = {k: v for k in params if k not in known and (v := _parameter(params, k)) is not None}
     mpp, fov = _scale(params, model)
     return ModelInfo(
@@ -268,4 +314,5 @@ def model_info_from_config(config: Mapping[str, Any]) -> ModelInfo:
         model_provenance=_model_provenance(params),
         extra=extra,
         must_request=tuple(sorted(outputs & step_inputs)),
+        review_margin=_review_margin(params, outputs, model),
     )

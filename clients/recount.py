@@ -75,12 +75,9 @@ class ScoredRun:
 
 def read_scored_run(folder: str | Path, *, margin: float | None = None) -> ScoredRun:
     """The model and every scored cell of a score-slide folder, from its journal (no server needed)."""
-    import numpy as np
-
     from .errors import InputError
     from .journal import JOURNAL_CSV, JOURNAL_META
-    from .model_info import LineageInfo, ModelInfo
-    from .results import DEFAULT_MARGIN, BatchOutputs, cells_from_outputs
+    from .results import DEFAULT_MARGIN, cells_from_outputs
 
     folder = Path(folder)
     meta_path, csv_path = folder / JOURNAL_META, folder / JOURNAL_CSV
@@ -89,6 +86,18 @@ def read_scored_run(folder: str | Path, *, margin: float | None = None) -> Score
             f"{folder} is not a score-slide output folder ({JOURNAL_META} and {JOURNAL_CSV} are missing); "
             "pass the folder score-slide wrote with --scored"
         )
+    meta, info = _read_journal_meta(meta_path)
+    ids, outputs = _read_journal_rows(csv_path, info)
+    results = cells_from_outputs(info, outputs, margin=DEFAULT_MARGIN if margin is None else margin)
+    provenance = _read_provenance(folder / "summary.json")
+    return ScoredRun(folder, info, dict(zip(ids, results, strict=True)), meta, provenance)
+
+
+def _read_journal_meta(meta_path: Path) -> tuple[dict[str, Any], Any]:
+    """The journal's metadata and the model (a ModelInfo) it records."""
+    from .errors import InputError
+    from .model_info import LineageInfo, ModelInfo
+
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         model = meta["model"]
@@ -111,6 +120,16 @@ def read_scored_run(folder: str | Path, *, margin: float | None = None) -> Score
         raise InputError(
             f"{meta_path}: not a readable scoring journal ({exc}); score the slide again"
         ) from None
+    return meta, info
+
+
+def _read_journal_rows(csv_path: Path, info) -> tuple[list[str], Any]:
+    """The ids and the raw outputs (BatchOutputs) of the journal's rows, each id once (its first row)."""
+    import numpy as np
+
+    from .errors import InputError
+    from .results import BatchOutputs
+
     n_c, n_l = len(info.classes), len(info.lineages)
     with open(csv_path, encoding="utf-8", newline="") as f:
         rows = list(csv.reader(f))
@@ -133,15 +152,18 @@ def read_scored_run(folder: str | Path, *, margin: float | None = None) -> Score
         maturity=arr[:, n_c : n_c + n_l],
         distance=arr[:, n_c + n_l :],
     )
-    results = cells_from_outputs(info, outputs, margin=DEFAULT_MARGIN if margin is None else margin)
-    provenance = None
-    summary = folder / "summary.json"
-    if summary.is_file():
-        try:
-            provenance = json.loads(summary.read_text(encoding="utf-8")).get("provenance")
-        except (OSError, ValueError, AttributeError) as exc:
-            log.warning("%s: unreadable, no provenance (%s)", summary, exc)
-    return ScoredRun(folder, info, dict(zip(ids, results, strict=True)), meta, provenance)
+    return ids, outputs
+
+
+def _read_provenance(summary: Path) -> Mapping[str, Any] | None:
+    """The scoring run's provenance from its ``summary.json`` (None when there is none to read)."""
+    if not summary.is_file():
+        return None
+    try:
+        return json.loads(summary.read_text(encoding="utf-8")).get("provenance")
+    except (OSError, ValueError, AttributeError) as exc:
+        log.warning("%s: unreadable, no provenance (%s)", summary, exc)
+        return None
 
 
 @dataclass(frozen=True)
@@ -249,16 +271,55 @@ def recount(
 
 
 def _recount(run, review, corrected, scored: Path, out: Path, title, crop, per_class) -> Recount:
+    """Count the reviewed cells and write ``cells.csv``, ``summary.json`` and ``report.html`` to ``out``
+    (``crop``: the galleries' cell images, or None)."""
     from .atomic import atomic_write_text
-    from .outputs import csv_text
-    from .report import DEFAULT_PER_CLASS, ReportData, review_galleries, write_report
-    from .results import DEFAULT_MARGIN
-    from .summary import differential_count
+    from .report import write_report
+
+    counted = _count_review(run, review)
+    galleries = _review_galleries(run, review, crop, per_class)
+    kinds = [_kind(c) for c in review.corrections]
+    summary = _review_summary(run, review, kinds, counted, corrected, scored)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "cells.csv", _cells_csv(run, review, kinds))
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    report = _report_data(run, review, kinds, counted, galleries, corrected, scored, title)
+    write_report(out / "report.html", report)
+    return Recount(counted.count, counted.before, review.corrections, summary)
+
+
+@dataclass(frozen=True)
+class _Counted:
+    """The counts of a review: after it, and SMR's before it; the counted cells' curve positions."""
+
+    count: Any  # DifferentialCount after review
+    before: Any  # DifferentialCount of SMR's classes
+    positions: dict[str, tuple[list[float], list[str]]]  # per lineage: positions and classes (ReportData's)
+
+
+def _count_review(run: ScoredRun, review: Review) -> _Counted:
+    """The differential count with the reviewer's classes, and SMR's own."""
+    from .summary import count_cells, differential_count
 
     info = run.info
     ids = list(review.classes)
     classes = [review.classes[i] for i in ids]
-    lineage_of = {c: lin.name for lin in info.lineages for c in lin.classes}
+    positions = _reviewed_positions(run, ids, classes)
+    flagged = [bool(run.cells[i].borderline) if i in run.cells else False for i in ids]
+    count = differential_count(info, classes, positions=positions, borderline=flagged)
+    before = count_cells(info, list(run.cells.values()))
+    return _Counted(count, before, _positions_by_lineage(info, positions, classes))
+
+
+def _lineage_of(info) -> dict[str, str]:
+    """The lineage of each class that is a stage of one."""
+    return {c: lin.name for lin in info.lineages for c in lin.classes}
+
+
+def _reviewed_positions(run: ScoredRun, ids: list[str], classes: list[str]) -> list[float | None]:
+    """Each cell's position on the curve of its reviewed class's lineage (None: a cell the reviewer
+    added, or a class of no lineage)."""
+    lineage_of = _lineage_of(run.info)
 
     def position(cell_id: str, cls: str) -> float | None:
         cell = run.cells.get(cell_id)
@@ -267,41 +328,49 @@ def _recount(run, review, corrected, scored: Path, out: Path, title, crop, per_c
             return None
         return next(p.position for p in cell.lineages if p.lineage == lineage)
 
-    positions = [position(i, c) for i, c in zip(ids, classes, strict=True)]
-    flagged = [bool(run.cells[i].borderline) if i in run.cells else False for i in ids]
-    count = differential_count(info, classes, positions=positions, borderline=flagged)
-    smr_cells = list(run.cells.values())
-    before = differential_count(
-        info,
-        [c.class_name for c in smr_cells],
-        positions=[c.position for c in smr_cells],
-        borderline=[c.borderline for c in smr_cells],
-    )
+    return [position(i, c) for i, c in zip(ids, classes, strict=True)]
+
+
+def _positions_by_lineage(
+    info, positions: list[float | None], classes: list[str]
+) -> dict[str, tuple[list[float], list[str]]]:
+    """The positions and classes of the placed cells, per lineage."""
+    lineage_of = _lineage_of(info)
     placed = [(p, c) for p, c in zip(positions, classes, strict=True) if p is not None]
-    by_lineage = {
+    return {
         lin.name: (
             [p for p, c in placed if lineage_of[c] == lin.name],
             [c for p, c in placed if lineage_of[c] == lin.name],
         )
         for lin in info.lineages
     }
+
+
+def _review_galleries(run: ScoredRun, review: Review, crop, per_class: int | None):
+    """The report's galleries of the counted cells, the reclassified ones in their reviewed class."""
+    from .report import DEFAULT_PER_CLASS, review_galleries
+
     changed = {c.id: c.reviewed_class for c in review.corrections if _kind(c) == _CHANGED}
-    counted = {i: run.cells[i] for i in ids if i in run.cells}
-    galleries = review_galleries(
-        info,
+    counted = {i: run.cells[i] for i in review.classes if i in run.cells}
+    return review_galleries(
+        run.info,
         counted,
         review.coordinates,
         crop,
         per_class=DEFAULT_PER_CLASS if per_class is None else per_class,
         reviewed=changed,
     )
-    slide_name = (run.meta.get("run") or {}).get("slide", {}).get("name") or scored.name
-    kinds = [_kind(c) for c in review.corrections]
-    summary = {
+
+
+def _review_summary(
+    run: ScoredRun, review: Review, kinds: list[str], counted: _Counted, corrected, scored: Path
+) -> dict[str, Any]:
+    """``summary.json`` of the review."""
+    return {
         "schema": REVIEW_SCHEMA,
         "reviewed": str(corrected),
         "scored": str(scored),
-        "cells": len(ids),
+        "cells": len(review.classes),
         "corrections": {
             "changed": kinds.count(_CHANGED),
             "removed": kinds.count(_REMOVED),
@@ -318,15 +387,22 @@ def _recount(run, review, corrected, scored: Path, out: Path, title, crop, per_c
                 for c, k in zip(review.corrections, kinds, strict=True)
             ],
         },  # fmt: skip
-        "count": count.to_dict(),
-        "smr_count": before.to_dict(),
+        "count": counted.count.to_dict(),
+        "smr_count": counted.before.to_dict(),
         "provenance": run.provenance,
     }
-    out.mkdir(parents=True, exist_ok=True)
-    fields = ["id", "x", "y", "class", "smr_class", "correction", "probability", "borderline"]
+
+
+_CSV_FIELDS = ["id", "x", "y", "class", "smr_class", "correction", "probability", "borderline"]
+
+
+def _cells_csv(run: ScoredRun, review: Review, kinds: list[str]) -> str:
+    """``cells.csv`` of the review: SMR's cells in the order of the scoring run, then the added ones."""
+    from .outputs import csv_text
+
     fix = {c.id: k for c, k in zip(review.corrections, kinds, strict=True)}
     records = []
-    for cell_id in list(run.cells) + [i for i in ids if i not in run.cells]:
+    for cell_id in list(run.cells) + [i for i in review.classes if i not in run.cells]:
         cell = run.cells.get(cell_id)
         x, y = review.coordinates.get(cell_id, (None, None))
         records.append(
@@ -335,31 +411,43 @@ def _recount(run, review, corrected, scored: Path, out: Path, title, crop, per_c
              "probability": None if cell is None else cell.probability,
              "borderline": None if cell is None else cell.borderline}
         )  # fmt: skip
-    atomic_write_text(out / "cells.csv", csv_text(fields, records))
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
-    write_report(
-        out / "report.html",
-        ReportData(
-            title=title or f"SMR report after review: {slide_name}",
-            info=info,
-            count=count,
-            positions=by_lineage,
-            reference=before,
-            reference_label="SMR before review",
-            count_label="after review",
-            galleries=galleries,
-            provenance=run.provenance,
-            corrections=review.corrections,
-            margin=DEFAULT_MARGIN,
-            facts={
-                "reviewed objects": f"{Path(corrected).name}: {len(review.coordinates)} objects",
-                "scoring run": str(scored),
-                "corrections": f"{kinds.count(_CHANGED)} reclassified, {kinds.count(_REMOVED)} removed, "
-                f"{kinds.count(_ADDED)} added",
-            },
-        ),
+    return csv_text(_CSV_FIELDS, records)
+
+
+def _report_data(
+    run: ScoredRun,
+    review: Review,
+    kinds: list[str],
+    counted: _Counted,
+    galleries,
+    corrected,
+    scored: Path,
+    title: str | None,
+):
+    """The report after review: the reviewer's count beside SMR's, the corrections marked."""
+    from .report import ReportData
+    from .results import DEFAULT_MARGIN
+
+    slide_name = (run.meta.get("run") or {}).get("slide", {}).get("name") or scored.name
+    return ReportData(
+        title=title or f"SMR report after review: {slide_name}",
+        info=run.info,
+        count=counted.count,
+        positions=counted.positions,
+        reference=counted.before,
+        reference_label="SMR before review",
+        count_label="after review",
+        galleries=galleries,
+        provenance=run.provenance,
+        corrections=review.corrections,
+        margin=DEFAULT_MARGIN,
+        facts={
+            "reviewed objects": f"{Path(corrected).name}: {len(review.coordinates)} objects",
+            "scoring run": str(scored),
+            "corrections": f"{kinds.count(_CHANGED)} reclassified, {kinds.count(_REMOVED)} removed, "
+            f"{kinds.count(_ADDED)} added",
+        },
     )
-    return Recount(count, before, review.corrections, summary)
 
 
 def _cropper(run: ScoredRun, slide, coordinates: Mapping[str, tuple[float, float]]):

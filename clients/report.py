@@ -15,7 +15,7 @@ import base64
 import html
 import io
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,7 +25,7 @@ import numpy as np
 
 from .atomic import atomic_write_text
 from .defaults import DEFAULT_FLAGGED, DEFAULT_PER_CLASS
-from .model_info import RESEARCH_NOTICE, ModelInfo
+from .model_info import RESEARCH_NOTICE, LineageInfo, ModelInfo
 from .palette import class_colors, hex_color
 from .results import BEFORE_START, BEYOND_END, DEFAULT_MARGIN, STAGE_GAP, CellResult, curve_end
 from .summary import (
@@ -163,6 +163,30 @@ def review_galleries(
     reviewed = reviewed or {}
     blasts = CountDefinitions.from_model(info).blasts
     order = [c for c in info.classes if c in blasts] + [c for c in info.classes if c not in blasts]
+    item = _gallery_cells(cells, coordinates, crop, reviewed)
+    members: dict[str, list[str]] = {c: [] for c in order}
+    for cell_id, c in cells.items():
+        members[reviewed.get(cell_id, c.class_name)].append(cell_id)
+    by_class = {
+        c: [item(i) for i in _least_confident(cells, members[c])[:per_class]] for c in order if members[c]
+    }
+    flagged_ids = [i for i, c in cells.items() if c.borderline]
+    return ReviewGalleries(
+        by_class=by_class,
+        class_totals={c: len(members[c]) for c in order},
+        flagged=[item(i) for i in _least_confident(cells, flagged_ids)[:flagged]],
+        flagged_total=len(flagged_ids),
+    )
+
+
+def _gallery_cells(
+    cells: Mapping[str, CellResult],
+    coordinates: Mapping[str, tuple[float, float]],
+    crop: Callable[[str], np.ndarray] | None,
+    reviewed: Mapping[str, str],
+) -> Callable[[str], GalleryCell]:
+    """``item(id)``: the :class:`GalleryCell` of a cell, its image cropped once (a cell may be in two
+    galleries); a cell whose image cannot be cropped goes without."""
     images: dict[str, np.ndarray | None] = {}
 
     def item(cell_id: str) -> GalleryCell:
@@ -180,20 +204,12 @@ def review_galleries(
             x=x, y=y, probability=c.probability, runner_up=c.runner_up, reviewed_as=reviewed.get(cell_id),
         )  # fmt: skip
 
-    def least_confident(ids: list[str]) -> list[str]:
-        return sorted(ids, key=lambda i: (cells[i].probability, cells[i].margin, i))
+    return item
 
-    members: dict[str, list[str]] = {c: [] for c in order}
-    for cell_id, c in cells.items():
-        members[reviewed.get(cell_id, c.class_name)].append(cell_id)
-    by_class = {c: [item(i) for i in least_confident(members[c])[:per_class]] for c in order if members[c]}
-    flagged_ids = [i for i, c in cells.items() if c.borderline]
-    return ReviewGalleries(
-        by_class=by_class,
-        class_totals={c: len(members[c]) for c in order},
-        flagged=[item(i) for i in least_confident(flagged_ids)[:flagged]],
-        flagged_total=len(flagged_ids),
-    )
+
+def _least_confident(cells: Mapping[str, CellResult], ids: list[str]) -> list[str]:
+    """``ids`` by SVM probability, then margin, lowest first (ties by id)."""
+    return sorted(ids, key=lambda i: (cells[i].probability, cells[i].margin, i))
 
 
 def plot_counts(
@@ -216,21 +232,12 @@ def plot_counts(
     fig, ax = plt.subplots(figsize=(6.4, 0.32 * len(names) + 1.0))
     height = 0.4 if reference is not None else 0.8
     shift = height / 2 if reference is not None else 0.0
-
-    def errors(dc: DifferentialCount) -> np.ndarray | None:
-        if not dc.intervals:
-            return None
-        pct = np.array([dc.percentages[c] for c in names])
-        low = np.array([dc.intervals[c][0] for c in names])
-        high = np.array([dc.intervals[c][1] for c in names])
-        return np.vstack([np.maximum(pct - low, 0), np.maximum(high - pct, 0)])
-
     ax.barh(
         y + shift,
         [count.percentages[c] for c in names],
         height=height,
         color=[hex_color(colors[c]) for c in names],
-        xerr=errors(count),
+        xerr=_interval_errors(count, names),
         error_kw={"elinewidth": 0.8, "capsize": 2, "ecolor": "#333333"},
         label=label,
     )
@@ -253,6 +260,17 @@ def plot_counts(
     ax.set_title(f"Differential count ({count.total} cells)", fontsize=10)
     ax.spines[["top", "right"]].set_visible(False)
     return _png(fig)
+
+
+def _interval_errors(dc: DifferentialCount, names: list[str]) -> np.ndarray | None:
+    """The error bars of the classes ``names``: how far each interval reaches below and above (None
+    without intervals)."""
+    if not dc.intervals:
+        return None
+    pct = np.array([dc.percentages[c] for c in names])
+    low = np.array([dc.intervals[c][0] for c in names])
+    high = np.array([dc.intervals[c][1] for c in names])
+    return np.vstack([np.maximum(pct - low, 0), np.maximum(high - pct, 0)])
 
 
 _END_BAR = 0.05  # width of the "before start" / "beyond end" bars, outside [0, 1]
@@ -286,6 +304,23 @@ def plot_positions(info: ModelInfo, lineage: str, positions: Sequence[float], cl
         color=[hex_color(colors[c]) for c in lin.classes],
         label=[c.replace("_", " ") for c in lin.classes],
     )
+    past = _draw_curve_ends(ax, lin, colors, ends, cls)
+    _draw_stages(ax, lin)
+    ax.set_ylim(0, ax.get_ylim()[1] * 1.12)  # room above the bars for their counts
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("position on the maturation curve (0 immature, 1 mature; hatched: past an end)")
+    ax.set_ylabel("cells")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="SVM class", title_fontsize=7)
+    ended = ", ".join(f"{n} {mark}" for mark, n in past.items() if n)
+    title = f"{lineage.replace('_', ' ')}: {len(t)} cells" + (f" ({ended}, hatched)" if ended else "")
+    ax.set_title(title, fontsize=10, loc="left", pad=30)
+    ax.spines[["top", "right"]].set_visible(False)
+    return _png(fig)
+
+
+def _draw_curve_ends(ax, lin: LineageInfo, colors, ends: np.ndarray, cls: np.ndarray) -> dict[str, int]:
+    """The cells past either end of the curve as hatched stacked bars outside [0, 1], by class, with
+    their totals above; the totals by end mark."""
     past = {}
     for mark, x in ((BEFORE_START, -0.035), (BEYOND_END, 1.035)):
         bottom = 0
@@ -298,6 +333,12 @@ def plot_positions(info: ModelInfo, lineage: str, positions: Sequence[float], cl
         if bottom:
             ax.text(x, bottom, str(bottom), ha="center", va="bottom", fontsize=6)
         past[mark] = bottom
+    return past
+
+
+def _draw_stages(ax, lin: LineageInfo) -> None:
+    """The stage boundaries and the curve's ends as vertical lines, the stages named on top, and the
+    x axis from just before 0 to just past 1."""
     for b in lin.boundaries:
         ax.axvline(b, color="#444444", linestyle="--", linewidth=0.8)
     ax.axvline(0.0, color="#999999", linewidth=0.6)
@@ -309,16 +350,6 @@ def plot_positions(info: ModelInfo, lineage: str, positions: Sequence[float], cl
     stages.tick_params(length=0)
     ax.set_xlim(-0.07, 1.07)
     ax.set_xticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
-    ax.set_ylim(0, ax.get_ylim()[1] * 1.12)  # room above the bars for their counts
-    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("position on the maturation curve (0 immature, 1 mature; hatched: past an end)")
-    ax.set_ylabel("cells")
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="SVM class", title_fontsize=7)
-    ends = ", ".join(f"{n} {mark}" for mark, n in past.items() if n)
-    title = f"{lineage.replace('_', ' ')}: {len(t)} cells" + (f" ({ends}, hatched)" if ends else "")
-    ax.set_title(title, fontsize=10, loc="left", pad=30)
-    ax.spines[["top", "right"]].set_visible(False)
-    return _png(fig)
 
 
 _CSS = """
@@ -500,12 +531,13 @@ def _provenance_table(prov: Mapping[str, Any] | None) -> str:
     rows = [(label, _value(prov.get(key))) for key, label in _PROVENANCE_LABELS]
     known = {k for k, _ in _PROVENANCE_LABELS} | {"notice"}
     rows += [(str(k), _value(v)) for k, v in prov.items() if k not in known]
-    return (
-        "<table id=provenance>"
-        + "".join(
-            f"<tr><td class=n>{html.escape(k)}</td><td class=n>{html.escape(v)}</td></tr>" for k, v in rows
-        )
-        + "</table>"
+    return "<table id=provenance>" + _key_value_rows(rows) + "</table>"
+
+
+def _key_value_rows(rows: Iterable[tuple[str, str]]) -> str:
+    """Table rows of a label and its value."""
+    return "".join(
+        f"<tr><td class=n>{html.escape(k)}</td><td class=n>{html.escape(v)}</td></tr>" for k, v in rows
     )
 
 
@@ -529,10 +561,30 @@ def _corrections(data: ReportData) -> str:
 
 
 def render_report(data: ReportData) -> str:
-    """The report as one HTML string."""
-    count = data.count
+    """The report as one HTML string: its sections in turn, one part per line."""
     notices = _notices(data.provenance)
     parts = [
+        *_header(data, notices),
+        *_low_count_warning(data.count),
+        _kpis(data),
+        *_count_section(data),
+        *_maturation_section(data),
+        *_corrections_section(data),
+        *_flagged_section(data),
+        *_class_galleries_section(data.galleries),
+        *_outside_section(data.outside_ids),
+        *_facts_section(data.facts),
+        "<h2>Provenance</h2>",
+        _provenance_table(data.provenance),
+        "<footer id=footer>" + html.escape(" ".join(notices)) + "</footer>",
+        "</body></html>\n",
+    ]
+    return "\n".join(parts)
+
+
+def _header(data: ReportData, notices: list[str]) -> list[str]:
+    """The page's head, title, date, provenance line and research notice."""
+    return [
         "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>",
         f"<title>{html.escape(data.title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{html.escape(data.title)}</h1>",
@@ -541,12 +593,22 @@ def render_report(data: ReportData) -> str:
         _provenance_line(data.provenance),
         "<div class=notice id=research-notice>" + html.escape(" ".join(notices)) + "</div>",
     ]
-    if count.low_count:
-        parts.append(
-            f"<div class=warn id=low-count-warning><b>Only {count.total} cells were counted.</b> "
-            f"A differential count needs at least {LOW_COUNT} cells to be reliable; "
-            "read the percentages with care.</div>"
-        )
+
+
+def _low_count_warning(count: DifferentialCount) -> list[str]:
+    """The warning for a count of fewer than :data:`LOW_COUNT` cells (none otherwise)."""
+    if not count.low_count:
+        return []
+    return [
+        f"<div class=warn id=low-count-warning><b>Only {count.total} cells were counted.</b> "
+        f"A differential count needs at least {LOW_COUNT} cells to be reliable; "
+        "read the percentages with care.</div>"
+    ]
+
+
+def _kpis(data: ReportData) -> str:
+    """The key figures: cells, M:E ratio, blasts, flagged cells, corrections, detections outside."""
+    count = data.count
     me = _fmt(count.me_ratio, ".2f")
     kpis = [
         (str(count.total), "", "cells counted"),
@@ -565,7 +627,7 @@ def render_report(data: ReportData) -> str:
     ]
     if data.corrections:
         kpis.insert(4, (str(len(data.corrections)), "", "reviewer's corrections"))
-    parts.append(
+    return (
         "<div class=kpis id=kpis>"
         + "".join(
             f"<div class=kpi><div class=v>{html.escape(v)}</div>"
@@ -575,33 +637,38 @@ def render_report(data: ReportData) -> str:
         )
         + "</div>"
     )
+
+
+def _count_section(data: ReportData) -> list[str]:
+    """The differential count: its table, its plot, how the intervals are made and what counts as what."""
+    count = data.count
     ref_label = "reference labels" if data.reference_label == "reference" else data.reference_label
     bars = plot_counts(count, data.info, data.reference, label=data.count_label, reference_label=ref_label)
-    parts.append("<h2>Differential count</h2><div class=row>")
-    parts.append(_count_table(data))
-    parts.append(
-        f"<img class=plot id=count-plot alt='differential count' src='data:image/png;base64,{bars}'>"
-    )
-    parts.append("</div>")
     defs = count.definitions
-    parts.append(
+    return [
+        "<h2>Differential count</h2><div class=row>",
+        _count_table(data),
+        f"<img class=plot id=count-plot alt='differential count' src='data:image/png;base64,{bars}'>",
+        "</div>",
         f"<p class=muted id=interval-method>Percentages are of all counted cells. {_CI}: the "
         f"{round(100 * CONFIDENCE)} % {html.escape(INTERVAL_METHOD)} confidence interval of each share "
         "(Rümke's table); the M:E ratio's is that of the myeloid share among myeloid and erythroid "
-        "cells, as a ratio.</p>"
-    )
-    parts.append(
+        "cells, as a ratio.</p>",
         "<p class=muted>M:E counts as myeloid: "
         + html.escape(", ".join(defs.myeloid) or "none")
         + "; as erythroid: "
         + html.escape(", ".join(defs.erythroid) or "none")
         + ". Blasts: "
         + html.escape(", ".join(defs.blasts) or "none")
-        + ".</p>"
-    )
-    parts.append("<h2>Maturation</h2>")
-    parts.append(_maturation_table(data))
-    parts.append(
+        + ".</p>",
+    ]
+
+
+def _maturation_section(data: ReportData) -> list[str]:
+    """The maturation index per lineage, what its columns mean, and the positions plot per lineage."""
+    parts = [
+        "<h2>Maturation</h2>",
+        _maturation_table(data),
         "<p class=muted id=share-by-class><b>By class:</b> the share of the lineage's cells whose SVM "
         "class is one of its immature stages (listed).</p>"
         "<p class=muted id=share-by-curve><b>By curve:</b> the share of the lineage's cells whose "
@@ -609,8 +676,8 @@ def render_report(data: ReportData) -> str:
         "mature stages, whatever their class.</p>"
         "<p class=muted id=curve-ends><b>Before start / beyond end:</b> cells whose embedding projects "
         "past the curve's immature or mature end (the server clamps their position to 0 or 1); they are "
-        "drawn apart, hatched, not piled up at the ends.</p>"
-    )
+        "drawn apart, hatched, not piled up at the ends.</p>",
+    ]
     for lin in data.info.lineages:
         t, cls = data.positions.get(lin.name, ((), ()))
         if len(t):
@@ -621,56 +688,72 @@ def render_report(data: ReportData) -> str:
             )
         else:
             parts.append(f"<p class=muted>No {html.escape(lin.name)} cells.</p>")
-    if data.corrections:
-        parts.append(f"<h2>Reviewer's corrections ({len(data.corrections)})</h2>")
-        parts.append(
-            "<p class=muted>Cells whose class a reviewer changed; the count above uses the reviewer's "
-            f"classes, the '{html.escape(data.reference_label)}' columns SMR's.</p>"
-        )
-        parts.append(_corrections(data))
+    return parts
+
+
+def _corrections_section(data: ReportData) -> list[str]:
+    """A reviewer's corrections (none without a review)."""
+    if not data.corrections:
+        return []
+    return [
+        f"<h2>Reviewer's corrections ({len(data.corrections)})</h2>",
+        "<p class=muted>Cells whose class a reviewer changed; the count above uses the reviewer's "
+        f"classes, the '{html.escape(data.reference_label)}' columns SMR's.</p>",
+        _corrections(data),
+    ]
+
+
+def _flagged_section(data: ReportData) -> list[str]:
+    """The gallery of the cells flagged for review, with the rule that flags them."""
     galleries = data.galleries
     flagged = list(galleries.flagged) if galleries is not None else list(data.gallery)
-    flagged_total = galleries.flagged_total if galleries is not None else count.borderline
-    parts.append(f"<h2>Flagged for review ({flagged_total})</h2>")
-    parts.append(
+    flagged_total = galleries.flagged_total if galleries is not None else data.count.borderline
+    return [
+        f"<h2>Flagged for review ({flagged_total})</h2>",
         f"<p class=muted>{html.escape(_review_rule(data.margin))} Least confident first (lowest SVM "
-        f"probability); showing {len(flagged)}.</p>"
-    )
-    parts.append(_gallery(flagged, "borderline-gallery", "No cells are flagged for review."))
-    if galleries is not None:
-        parts.append("<h2>Cells by class</h2>")
+        f"probability); showing {len(flagged)}.</p>",
+        _gallery(flagged, "borderline-gallery", "No cells are flagged for review."),
+    ]
+
+
+def _class_galleries_section(galleries: ReviewGalleries | None) -> list[str]:
+    """A gallery per class (none without ``galleries``)."""
+    if galleries is None:
+        return []
+    parts = [
+        "<h2>Cells by class</h2>",
+        "<p class=muted>Blasts first, then every class; in each, the least confident cells first "
+        "(lowest SVM probability), with id, centre (x, y in level-0 pixels), probability and curve "
+        "position. Reclassify in QuPath (cells.geojson) and run <code>smr recount</code>.</p>",
+    ]
+    for c, items in galleries.by_class.items():
+        total = galleries.class_totals.get(c, len(items))
         parts.append(
-            "<p class=muted>Blasts first, then every class; in each, the least confident cells first "
-            "(lowest SVM probability), with id, centre (x, y in level-0 pixels), probability and curve "
-            "position. Reclassify in QuPath (cells.geojson) and run <code>smr recount</code>.</p>"
+            f"<h3 id='class-{html.escape(c)}'>{html.escape(_words(c))} ({total} cells"
+            + (f", showing the {len(items)} least confident" if len(items) < total else "")
+            + ")</h3>"
         )
-        for c, items in galleries.by_class.items():
-            total = galleries.class_totals.get(c, len(items))
-            parts.append(
-                f"<h3 id='class-{html.escape(c)}'>{html.escape(_words(c))} ({total} cells"
-                + (f", showing the {len(items)} least confident" if len(items) < total else "")
-                + ")</h3>"
-            )
-            parts.append(_gallery(items, f"gallery-{html.escape(c)}", "none"))
-    if data.outside_ids:
-        listed = ", ".join(html.escape(i) for i in data.outside_ids[:MAX_LISTED_OUTSIDE])
-        more = len(data.outside_ids) - MAX_LISTED_OUTSIDE
-        parts.append(f"<h2>Detections outside the slide ({len(data.outside_ids)})</h2>")
-        parts.append(f"<p id=outside-ids>{listed}{f' and {more} more' if more > 0 else ''}</p>")
-    if data.facts:
-        parts.append(
-            "<h2>Run</h2><table id=facts>"
-            + "".join(
-                f"<tr><td class=n>{html.escape(k)}</td><td class=n>{html.escape(v)}</td></tr>"
-                for k, v in data.facts.items()
-            )
-            + "</table>"
-        )
-    parts.append("<h2>Provenance</h2>")
-    parts.append(_provenance_table(data.provenance))
-    parts.append("<footer id=footer>" + html.escape(" ".join(notices)) + "</footer>")
-    parts.append("</body></html>\n")
-    return "\n".join(parts)
+        parts.append(_gallery(items, f"gallery-{html.escape(c)}", "none"))
+    return parts
+
+
+def _outside_section(outside_ids: Sequence[str]) -> list[str]:
+    """The detections outside the slide, the first :data:`MAX_LISTED_OUTSIDE` listed (none: nothing)."""
+    if not outside_ids:
+        return []
+    listed = ", ".join(html.escape(i) for i in outside_ids[:MAX_LISTED_OUTSIDE])
+    more = len(outside_ids) - MAX_LISTED_OUTSIDE
+    return [
+        f"<h2>Detections outside the slide ({len(outside_ids)})</h2>",
+        f"<p id=outside-ids>{listed}{f' and {more} more' if more > 0 else ''}</p>",
+    ]
+
+
+def _facts_section(facts: Mapping[str, str]) -> list[str]:
+    """The run's facts (slide, server, geometry, timing) as a table (none: nothing)."""
+    if not facts:
+        return []
+    return ["<h2>Run</h2><table id=facts>" + _key_value_rows(facts.items()) + "</table>"]
 
 
 def write_report(path: str | Path, data: ReportData) -> Path:

@@ -14,8 +14,12 @@ A cell is *flagged for review* (``borderline``) when it is likely misclassified:
   away from the SVM's class in the class's lineage (a neighbouring stage is normal near a
   boundary, and flagging two stages apart cost more review than it found errors).
 
-The thresholds were chosen on the validation splits of synthetic training runs, not on the
-slides they were tested on (docs/clients.md, "Cells flagged for review").
+The rule is :func:`smr.core.review.review`, which the server applies too: an ensemble that serves
+``STAGE`` and ``BORDERLINE`` (:attr:`ModelInfo.serves_review`) sends the stages, and its flags are
+used as they are when the client's margin is the served one; otherwise (another margin, or a
+repository exported before those outputs) the same function derives them here from the other
+outputs, with the same result. The thresholds were chosen on the validation splits of synthetic
+training runs, not on the slides they were tested on (docs/clients.md, "Cells flagged for review").
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from smr.core.targets import stage_from_position
+from smr.core.review import CURVE_DISAGREES, STAGE_GAP, SVM_UNSURE, Review, class_stages, review
 
 from .defaults import DEFAULT_MARGIN
 from .model_info import ModelInfo
@@ -42,8 +46,6 @@ __all__ = [
     "curve_end",
 ]
 
-#: A cell whose curve stage lies this many stages (or more) from its SVM class is flagged.
-STAGE_GAP = 3
 #: The position marks of cells the server projected onto an end of the curve (t clamped to 0 or 1).
 BEFORE_START = "before start"
 BEYOND_END = "beyond end"
@@ -74,19 +76,28 @@ class BatchOutputs:
     maturity: np.ndarray  # (N, L) float32
     distance: np.ndarray  # (N, L) float32
     embedding: np.ndarray | None = None  # (N, D) float32 when asked for
+    stage: np.ndarray | None = None  # (N, L) int32 when served (STAGE)
+    borderline: np.ndarray | None = None  # (N,) uint8 review flags when served (BORDERLINE)
 
     def __len__(self) -> int:
         return len(self.class_id)
 
     @staticmethod
     def concatenate(parts: list[BatchOutputs]) -> BatchOutputs:
-        emb = [p.embedding for p in parts if p.embedding is not None]
+        def optional(name: str) -> np.ndarray | None:
+            arrays = [getattr(p, name) for p in parts]
+            if not arrays or any(a is None for a in arrays):
+                return None  # only where every part has it
+            return np.concatenate(arrays)
+
         return BatchOutputs(
             probabilities=np.concatenate([p.probabilities for p in parts]),
             class_id=np.concatenate([p.class_id for p in parts]),
             maturity=np.concatenate([p.maturity for p in parts]),
             distance=np.concatenate([p.distance for p in parts]),
-            embedding=np.concatenate(emb) if emb and len(emb) == len(parts) else None,
+            embedding=optional("embedding"),
+            stage=optional("stage"),
+            borderline=optional("borderline"),
         )
 
 
@@ -179,15 +190,49 @@ def _words(name: str) -> str:
     return name.replace("_", " ")
 
 
+def _review(
+    info: ModelInfo,
+    outputs: BatchOutputs,
+    probs: np.ndarray,
+    class_id: np.ndarray,
+    maturity: np.ndarray,
+    margin: float,
+) -> Review:
+    """:func:`smr.core.review.review` of the batch, with the served stages and flags where they apply."""
+    n = len(class_id)
+    result = review(
+        probs,
+        class_id,
+        maturity,
+        [lin.boundaries for lin in info.lineages],
+        class_stages(info.classes, [lin.classes for lin in info.lineages]),
+        margin,
+        stage=outputs.stage,
+    )
+    if outputs.borderline is not None and outputs.stage is not None and info.review_margin == margin:
+        return result._replace(flags=np.asarray(outputs.borderline).reshape(n).astype(np.uint8))
+    return result
+
+
+def _reason(flags: int, name: str, own_p: float, runner: str, runner_p: float, curve: str) -> str:
+    """The words of a cell's review flags ("" when not flagged)."""
+    reasons = []
+    if flags & SVM_UNSURE:
+        reasons.append(f"SVM unsure: {_words(name)} {own_p:.2f} vs {_words(runner)} {runner_p:.2f}")
+    if flags & CURVE_DISAGREES:
+        reasons.append(f"curve says {_words(curve)}")
+    return "; ".join(reasons)
+
+
 def cells_from_outputs(
     info: ModelInfo, outputs: BatchOutputs, *, margin: float = DEFAULT_MARGIN
 ) -> list[CellResult]:
-    """Turn a batch's raw outputs into :class:`CellResult` objects (stage estimates, review flags).
+    """Turn a batch's outputs into :class:`CellResult` objects (stage estimates, review flags).
 
-    ``margin``: a cell whose two most probable classes differ by less than this is flagged.
+    ``margin``: a cell whose two most probable classes differ by less than this is flagged. The
+    served ``STAGE`` and ``BORDERLINE`` are used where ``outputs`` has them (the flags only when
+    ``margin`` is the server's); otherwise :func:`smr.core.review.review` derives them.
     """
-    if not 0 <= margin <= 1:
-        raise ValueError(f"margin must lie in [0, 1] (a difference of probabilities), got {margin}")
     n = len(outputs)
     n_classes = len(info.classes)
     probs = np.asarray(outputs.probabilities, dtype=np.float32).reshape(n, n_classes)
@@ -195,19 +240,8 @@ def cells_from_outputs(
     n_lin = len(info.lineages)
     maturity = np.asarray(outputs.maturity, dtype=np.float32).reshape(n, n_lin)
     distance = np.asarray(outputs.distance, dtype=np.float32).reshape(n, n_lin)
-    if n and (class_id.min() < 0 or class_id.max() >= n_classes):
-        raise ValueError(f"class ids outside 0..{n_classes - 1}: {sorted(set(class_id.tolist()))}")
-
-    stage_idx = np.empty((n, n_lin), dtype=np.int64)
-    for j, lin in enumerate(info.lineages):
-        stage_idx[:, j] = stage_from_position(maturity[:, j].astype(np.float64), lin.boundaries)
+    result = _review(info, outputs, probs, class_id, maturity, margin)  # ValueError: bad margin, ids
     class_lineage = [info.lineage_of(c) for c in info.classes]
-    # the runner-up: the most probable class other than the SVM's own
-    others = probs.copy()
-    others[np.arange(n), class_id] = -np.inf
-    runner = others.argmax(axis=1) if n_classes > 1 else class_id
-    own_p = probs[np.arange(n), class_id]
-    runner_p = others[np.arange(n), runner] if n_classes > 1 else np.zeros(n, np.float32)
 
     cells = []
     for i in range(n):
@@ -218,36 +252,28 @@ def cells_from_outputs(
                 lineage=lin.name,
                 position=float(maturity[i, j]),
                 distance=float(distance[i, j]),
-                stage=lin.classes[stage_idx[i, j]],
+                stage=lin.classes[result.stage[i, j]],
             )
             for j, lin in enumerate(info.lineages)
         )
-        gap = float(own_p[i]) - float(runner_p[i])
-        reasons = []
-        if gap < margin:
-            reasons.append(
-                f"SVM unsure: {_words(name)} {own_p[i]:.2f} vs {_words(info.classes[int(runner[i])])} "
-                f"{runner_p[i]:.2f}"
-            )
+        own_p, gap = float(probs[i, cid]), float(result.gap[i])
+        rid = int(result.runner_up[i])
+        runner_p = float(probs[i, rid]) if n_classes > 1 else 0.0
         own = class_lineage[cid]
-        if own is not None:
-            stages = info.lineages[own].classes
-            k = int(stage_idx[i, own])
-            if abs(k - stages.index(name)) >= STAGE_GAP:
-                reasons.append(f"curve says {_words(stages[k])}")
-        reason = "; ".join(reasons)
+        curve = "" if own is None else info.lineages[own].classes[result.stage[i, own]]
+        reason = _reason(int(result.flags[i]), name, own_p, info.classes[rid], runner_p, curve)
         cells.append(
             CellResult(
                 class_name=name,
                 class_id=cid,
-                probability=float(own_p[i]),
+                probability=own_p,
                 probabilities={c: float(p) for c, p in zip(info.classes, probs[i], strict=True)},
                 lineages=positions,
                 lineage=None if own is None else info.lineages[own].name,
                 borderline=bool(reason),
                 borderline_reason=reason,
                 embedding=None if outputs.embedding is None else np.asarray(outputs.embedding[i]),
-                runner_up=info.classes[int(runner[i])],
+                runner_up=info.classes[rid],
                 margin=gap,
             )
         )

@@ -14,7 +14,8 @@ Every other error (a refused input, a deadline) is raised at once. Retries back 
 with jitter and stop once the request's retry budget (:data:`RETRY_BUDGET` seconds from its first
 attempt, enough for a supervised restart) or its number of retries is spent; the caller then raises
 its clear "unavailable" error. This module is imported by :mod:`.client`, :mod:`.aio` and the CLI,
-so it stays free of gRPC imports.
+so it stays free of gRPC imports. Triton's message texts are tested in :mod:`smr.serving.triton_messages`,
+shared with the server's supervisor.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
+
+from smr.serving.triton_messages import is_stub_unhealthy, is_unknown_model
 
 __all__ = [
     "DEADLINE",
@@ -65,11 +68,6 @@ def message_of(exc: BaseException) -> str:
     return exc.message() if callable(getattr(exc, "message", None)) else str(exc)
 
 
-def is_stub_unhealthy(message: str) -> bool:
-    """True for the python backend's "Stub process '...' is not healthy." (the stub died)."""
-    return "Stub process" in message and "not healthy" in message
-
-
 def is_retryable(exc: BaseException, *, model_known: bool = False) -> bool:
     """True when retrying ``exc`` (a tritonclient exception) may succeed: UNAVAILABLE, INTERNAL from a
     dead python stub that the supervisor is about to replace, or, when the model was served before
@@ -79,7 +77,7 @@ def is_retryable(exc: BaseException, *, model_known: bool = False) -> bool:
         return True
     if status == INTERNAL:
         return is_stub_unhealthy(message_of(exc))
-    return model_known and status == NOT_FOUND and "unknown model" in message_of(exc)
+    return model_known and status == NOT_FOUND and is_unknown_model(message_of(exc))
 
 
 def backoff_delay(

@@ -39,7 +39,7 @@ from .patches import (
 from .report import ReportData, ReviewGalleries, review_galleries, write_report
 from .results import CellResult, cells_from_outputs
 from .slides import Slide, open_slide
-from .summary import DifferentialCount, ReviewYield, differential_count, review_yield
+from .summary import DifferentialCount, ReviewYield, count_cells, differential_count, review_yield
 
 __all__ = [
     "CELLS_CSV",
@@ -155,81 +155,136 @@ def score_slide(
     detections = read_detections(detections_path)
     with contextlib.ExitStack() as stack:
         slide = stack.enter_context(open_slide(slide_path))
-        if level is None:  # before the server is asked anything: the slide's resolution is needed
-            slide_resolution(slide, slide_mpp)
-        info = client.info
-        geom = patch_geometry(
-            slide,
-            info.image_size,
-            mpp=model_scale(info, client.url, mpp, level),
-            level=level,
-            slide_mpp=slide_mpp,
-        )
-        out_dir.mkdir(parents=True, exist_ok=True)
+        geom = _patch_geometry(slide, client, mpp, level, slide_mpp)
         run = _run_record(slide_path, slide, detections_path, detections, geom)
-        journal = stack.enter_context(Journal.open(out_dir, info, run, restart=restart, slide=slide_path))
-        if restart:  # outputs of the discarded run must not outlive it
-            for name in (CELLS_CSV, CELLS_GEOJSON, REPORT_HTML, SUMMARY_JSON):
-                (out_dir / name).unlink(missing_ok=True)
+        journal = _open_journal(stack, out_dir, client.info, run, slide_path, restart)
         on_slide = [i for i, d in enumerate(detections) if inside(slide, d)]
         todo = [i for i in on_slide if detections[i].id not in journal]
         seconds = _score_into_journal(
             client, slide, detections, on_slide, todo, geom, journal, block, progress
         )
-
-        scored_ids = [detections[i].id for i in on_slide]
-        missing = [i for i in scored_ids if i not in journal]
-        if missing:  # cannot happen unless the journal was edited while we ran
-            raise InputError(
-                f"{journal.csv_path}: {len(missing)} cells missing after scoring; pass --restart"
-            )
-        results = cells_from_outputs(info, journal.outputs(scored_ids), margin=client.margin)
-        score = SlideScore(
-            out_dir=out_dir,
-            slide=slide_path,
-            detections=len(detections),
-            scored=len(scored_ids),
-            outside_ids=[d.id for d in detections if not inside(slide, d)],
-            resumed=len(on_slide) - len(todo),
-            seconds=seconds,
-            count=differential_count(
-                info,
-                [c.class_name for c in results],
-                positions=[c.position for c in results],
-                borderline=[c.borderline for c in results],
-            ),
-            reference=None,
-            review=None,
-            info=info,
-            provenance=provenance(info, client.server_version),
+        resumed = len(on_slide) - len(todo)
+        score, cells = _slide_score(
+            client, journal, out_dir, slide_path, detections, on_slide, resumed, seconds
         )
-        labels = [detections[i].label for i in on_slide]
-        if labels and all(lab in info.classes for lab in labels):
-            score.reference = differential_count(info, labels)
-            score.review = review_yield(
-                [c.class_name for c in results], [c.borderline for c in results], labels
-            )
-        cells = dict(zip(scored_ids, results, strict=True))
-        facts = {
-            **_slide_facts(slide_path, slide, geom, info, mpp, level),
-            "detections": f"{detections_path.name}: {len(detections)} "
-            f"({len(score.outside_ids)} outside the slide)",
-            "server": f"{client.url}, model {info.name} ({len(info.classes)} classes, "
-            f"lineages {', '.join(info.lineage_names)})",
-            "review margin": f"{client.margin:g} in SVM probability",
-            **({"review against the reference": score.review.line()} if score.review is not None else {}),
-            "this run": _timing_text(len(todo), seconds, score.resumed),
-        }
+        facts = _run_facts(score, client, slide, geom, detections_path, mpp, level, fresh=len(todo))
+        coordinates = {d.id: (d.x, d.y) for d in detections}
+        crop = _cropper(slide, detections, geom)
         galleries = review_galleries(
-            info,
-            cells,
-            {d.id: (d.x, d.y) for d in detections},
-            _cropper(slide, detections, geom),
-            per_class=per_class,
-            flagged=gallery,
+            score.info, cells, coordinates, crop, per_class=per_class, flagged=gallery
         )
         _write_outputs(score, detections, cells, geom, galleries, facts, client.margin, title)
         return score
+
+
+def _patch_geometry(
+    slide: Slide, client: SMRClient, mpp: float | None, level: int | None, slide_mpp: float | None
+) -> PatchGeometry:
+    """How patches are cut from ``slide`` for the model at ``client``; the slide's resolution is
+    checked before the server is asked anything."""
+    if level is None:
+        slide_resolution(slide, slide_mpp)
+    info = client.info
+    return patch_geometry(
+        slide,
+        info.image_size,
+        mpp=model_scale(info, client.url, mpp, level),
+        level=level,
+        slide_mpp=slide_mpp,
+    )
+
+
+def _open_journal(
+    stack: contextlib.ExitStack,
+    out_dir: Path,
+    info: ModelInfo,
+    run: dict[str, Any],
+    slide_path: Path,
+    restart: bool,
+) -> Journal:
+    """The run's journal in ``out_dir`` (made), closed with ``stack``; with ``restart``, the outputs of
+    the run it discards are removed."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    journal = stack.enter_context(Journal.open(out_dir, info, run, restart=restart, slide=slide_path))
+    if restart:  # outputs of the discarded run must not outlive it
+        for name in (CELLS_CSV, CELLS_GEOJSON, REPORT_HTML, SUMMARY_JSON):
+            (out_dir / name).unlink(missing_ok=True)
+    return journal
+
+
+def _slide_score(
+    client: SMRClient,
+    journal: Journal,
+    out_dir: Path,
+    slide_path: Path,
+    detections: Sequence[Detection],
+    on_slide: list[int],
+    resumed: int,
+    seconds: float,
+) -> tuple[SlideScore, dict[str, CellResult]]:
+    """The count of the cells on the slide, all scored now, checked against the detections' own labels
+    when they are served classes; and the cells by id."""
+    info = client.info
+    scored_ids = [detections[i].id for i in on_slide]
+    results = _journal_results(journal, info, scored_ids, client.margin)
+    placed = set(on_slide)
+    score = SlideScore(
+        out_dir=out_dir,
+        slide=slide_path,
+        detections=len(detections),
+        scored=len(scored_ids),
+        outside_ids=[d.id for i, d in enumerate(detections) if i not in placed],
+        resumed=resumed,
+        seconds=seconds,
+        count=count_cells(info, results),
+        reference=None,
+        review=None,
+        info=info,
+        provenance=provenance(info, client.server_version),
+    )
+    _check_against_labels(score, [detections[i].label for i in on_slide], results)
+    return score, dict(zip(scored_ids, results, strict=True))
+
+
+def _journal_results(journal: Journal, info: ModelInfo, ids: list[str], margin: float) -> list[CellResult]:
+    """The cells ``ids`` from the journal, where every one must be."""
+    missing = [i for i in ids if i not in journal]
+    if missing:  # cannot happen unless the journal was edited while we ran
+        raise InputError(f"{journal.csv_path}: {len(missing)} cells missing after scoring; pass --restart")
+    return cells_from_outputs(info, journal.outputs(ids), margin=margin)
+
+
+def _check_against_labels(score: SlideScore, labels: list[str | None], results: list[CellResult]) -> None:
+    """The reference count and the review check into ``score`` when every label is a served class."""
+    info = score.info
+    if labels and all(lab in info.classes for lab in labels):
+        score.reference = differential_count(info, labels)
+        score.review = review_yield([c.class_name for c in results], [c.borderline for c in results], labels)
+
+
+def _run_facts(
+    score: SlideScore,
+    client: SMRClient,
+    slide: Slide,
+    geom: PatchGeometry,
+    detections_path: Path,
+    mpp: float | None,
+    level: int | None,
+    *,
+    fresh: int,
+) -> dict[str, str]:
+    """The report's facts of the run: slide, patches, scale, detections, server, review, timing."""
+    info = score.info
+    return {
+        **_slide_facts(score.slide, slide, geom, info, mpp, level),
+        "detections": f"{detections_path.name}: {score.detections} "
+        f"({len(score.outside_ids)} outside the slide)",
+        "server": f"{client.url}, model {info.name} ({len(info.classes)} classes, "
+        f"lineages {', '.join(info.lineage_names)})",
+        "review margin": f"{client.margin:g} in SVM probability",
+        **({"review against the reference": score.review.line()} if score.review is not None else {}),
+        "this run": _timing_text(fresh, score.seconds, score.resumed),
+    }
 
 
 def _run_record(
@@ -351,34 +406,48 @@ def _write_outputs(
     }
     records = cell_records(info, detections, cells)
     atomic_write_text(score.paths["cells_csv"], csv_text(cell_fields(info), records))
+    atomic_write_text(score.paths["geojson"], _geojson_text(info, detections, records))
+    report = ReportData(
+        title=title or f"SMR report: {score.slide.name}",
+        info=info,
+        count=score.count,
+        positions=_positions_by_lineage(info, cells),
+        reference=score.reference,
+        outside_ids=score.outside_ids,
+        facts=facts,
+        provenance=score.provenance,
+        galleries=galleries,
+        margin=margin,
+    )
+    write_report(score.paths["report"], report)
+    atomic_write_text(score.paths["summary"], json.dumps(_summary(score, geom), indent=2) + "\n")
+
+
+def _geojson_text(info: ModelInfo, detections: Sequence[Detection], records: list[dict[str, Any]]) -> str:
+    """``cells.geojson``: the scored cells for QuPath, with the detections' outlines where they had any."""
     geometries = {d.id: d.geometry for d in detections if d.geometry is not None}
     collection = cells_feature_collection(
         [r for r in records if r["status"] == "scored"], geometries, class_colors(info), info.lineage_names
     )
-    atomic_write_text(score.paths["geojson"], json.dumps(collection) + "\n")
-    positions = {
+    return json.dumps(collection) + "\n"
+
+
+def _positions_by_lineage(
+    info: ModelInfo, cells: dict[str, CellResult]
+) -> dict[str, tuple[list[float | None], list[str]]]:
+    """The curve positions and classes of the cells of each lineage (the report's plots)."""
+    return {
         lin.name: (
             [c.position for c in cells.values() if c.lineage == lin.name],
             [c.class_name for c in cells.values() if c.lineage == lin.name],
         )
         for lin in info.lineages
     }
-    write_report(
-        score.paths["report"],
-        ReportData(
-            title=title or f"SMR report: {score.slide.name}",
-            info=info,
-            count=score.count,
-            positions=positions,
-            reference=score.reference,
-            outside_ids=score.outside_ids,
-            facts=facts,
-            provenance=score.provenance,
-            galleries=galleries,
-            margin=margin,
-        ),
-    )
-    summary = {
+
+
+def _summary(score: SlideScore, geom: PatchGeometry) -> dict[str, Any]:
+    """``summary.json`` of the slide."""
+    return {
         "slide": str(score.slide),
         "detections": score.detections,
         "scored": score.scored,
@@ -390,7 +459,6 @@ def _write_outputs(
         "geometry": geom.to_dict(),
         "provenance": score.provenance,
     }
-    atomic_write_text(score.paths["summary"], json.dumps(summary, indent=2) + "\n")
 
 
 def _scale_text(info: ModelInfo, mpp: float | None, level: int | None) -> str:

@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from .model_info import ModelInfo
-from .results import curve_end
+from .model_info import LineageInfo, ModelInfo
+from .results import CellResult, curve_end
 
 __all__ = [
     "CONFIDENCE",
@@ -42,6 +42,7 @@ __all__ = [
     "MaturationIndex",
     "DifferentialCount",
     "differential_count",
+    "count_cells",
     "ReviewYield",
     "review_yield",
     "proportion_interval",
@@ -277,41 +278,6 @@ def differential_count(
     myeloid = sum(counts[c] for c in defs.myeloid)
     erythroid = sum(counts[c] for c in defs.erythroid)
     blasts = sum(counts[c] for c in defs.blasts)
-
-    maturation = {}
-    for lin in info.lineages:
-        k = defs.immature_stages.get(lin.name, len(lin.classes) // 2)
-        immature = lin.classes[:k]
-        members = [i for i, c in enumerate(classes) if c in lin.classes]
-        n = len(members)
-        n_imm = sum(1 for i in members if classes[i] in immature)
-        imm_curve = mat_curve = median = curve_interval = before = beyond = None
-        split = lin.boundaries[k - 1] if k >= 1 else None
-        placed = [positions[i] for i in members if positions[i] is not None] if positions is not None else []
-        if placed:  # by curve: the cells with a position (all of them, unless a reviewer added some)
-            t = np.array(placed, dtype=np.float64)
-            below = int(np.sum(t < (-np.inf if split is None else split)))
-            imm_curve = below / len(t)
-            mat_curve = 1.0 - imm_curve
-            curve_interval = proportion_interval(below, len(t))
-            median = float(np.median(t))
-            ends = [curve_end(v) for v in t]
-            before, beyond = ends.count("before start"), ends.count("beyond end")
-        maturation[lin.name] = MaturationIndex(
-            lineage=lin.name,
-            cells=n,
-            immature_classes=tuple(immature),
-            immature_by_class=_share(n_imm, n),
-            mature_by_class=_share(n - n_imm, n),
-            immature_by_curve=imm_curve,
-            mature_by_curve=mat_curve,
-            median_position=median,
-            split_position=split,
-            immature_by_class_interval=proportion_interval(n_imm, n),
-            immature_by_curve_interval=curve_interval,
-            before_start=before,
-            beyond_end=beyond,
-        )
     return DifferentialCount(
         total=total,
         counts=counts,
@@ -321,13 +287,75 @@ def differential_count(
         me_ratio=None if erythroid == 0 else myeloid / erythroid,
         blasts=blasts,
         blast_percentage=None if total == 0 else 100.0 * blasts / total,
-        maturation=maturation,
+        maturation={lin.name: _maturation_index(lin, defs, classes, positions) for lin in info.lineages},
         borderline=int(sum(bool(b) for b in borderline)) if borderline is not None else 0,
         definitions=defs,
         intervals=intervals,
         blast_interval=_percent(proportion_interval(blasts, total)),
         me_interval=ratio_interval(myeloid, erythroid),
     )
+
+
+def count_cells(info: ModelInfo, cells: Sequence[CellResult]) -> DifferentialCount:
+    """The differential count of scored cells: their classes, curve positions and review flags."""
+    return differential_count(
+        info,
+        [c.class_name for c in cells],
+        positions=[c.position for c in cells],
+        borderline=[c.borderline for c in cells],
+    )
+
+
+def _maturation_index(
+    lin: LineageInfo,
+    defs: CountDefinitions,
+    classes: Sequence[str],
+    positions: Sequence[float | None] | None,
+) -> MaturationIndex:
+    """The immature and mature shares of the cells of lineage ``lin``, by class and by curve position."""
+    k = defs.immature_stages.get(lin.name, len(lin.classes) // 2)
+    immature = lin.classes[:k]
+    members = [i for i, c in enumerate(classes) if c in lin.classes]
+    n = len(members)
+    n_imm = sum(1 for i in members if classes[i] in immature)
+    split = lin.boundaries[k - 1] if k >= 1 else None
+    placed = [positions[i] for i in members if positions[i] is not None] if positions is not None else []
+    return MaturationIndex(
+        lineage=lin.name,
+        cells=n,
+        immature_classes=tuple(immature),
+        immature_by_class=_share(n_imm, n),
+        mature_by_class=_share(n - n_imm, n),
+        split_position=split,
+        immature_by_class_interval=proportion_interval(n_imm, n),
+        **_by_curve(placed, split),
+    )
+
+
+_NOT_ON_CURVE = dict.fromkeys(
+    ("immature_by_curve", "mature_by_curve", "median_position", "immature_by_curve_interval")
+    + ("before_start", "beyond_end")
+)
+
+
+def _by_curve(placed: Sequence[float | None], split: float | None) -> dict[str, Any]:
+    """:class:`MaturationIndex`'s figures by curve position, of the cells ``placed`` on the lineage's curve
+    (all of them, unless a reviewer added some): the shares before and after ``split``, the interval
+    of the first, the median position, and the cells past either end. None without placed cells."""
+    if not placed:
+        return dict(_NOT_ON_CURVE)
+    t = np.array(placed, dtype=np.float64)
+    below = int(np.sum(t < (-np.inf if split is None else split)))
+    immature = below / len(t)
+    ends = [curve_end(v) for v in t]
+    return {
+        "immature_by_curve": immature,
+        "mature_by_curve": 1.0 - immature,
+        "median_position": float(np.median(t)),
+        "immature_by_curve_interval": proportion_interval(below, len(t)),
+        "before_start": ends.count("before start"),
+        "beyond_end": ends.count("beyond end"),
+    }
 
 
 def format_interval(interval: tuple[float, float | None] | None, spec: str = ".1f") -> str:

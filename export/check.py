@@ -8,7 +8,11 @@ Checks, each reported with the file it concerns:
   folder, file or Python byte code), and the manifest lists exactly SMR's three models;
 - tensor names, data types and shapes agree between the ONNX graph, the three configs and the
   ensemble's input/output maps, and with the contract's table (``tensors.py``);
-- the ensemble's ``classes``/``lineages`` parameters agree with ``svm.json`` and ``curves.json``.
+- the ensemble's ``classes``/``lineages`` parameters agree with ``svm.json`` and ``curves.json``,
+  and its ``review_margin`` with the one ``smr_postprocess`` applies.
+
+A repository exported before the outputs ``STAGE`` and ``BORDERLINE`` existed (no ``review_margin``
+either) is checked against the contract of its time (``facts["review_margin"]`` is None).
 """
 
 from __future__ import annotations
@@ -16,6 +20,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from smr.core import contract as C
 
 from . import tensors as T
 from .manifest import MANIFEST_FILE, ManifestError, manifest_problems, read_manifest
@@ -78,19 +85,23 @@ def _load_json(repo: Path, rel: str, problems: list[str]):
         return None
 
 
-def check_repository(repository: str | Path) -> CheckResult:
-    """Every problem of the repository (empty when it is ready to serve)."""
+@dataclass(frozen=True)
+class _Metadata:
+    """What the ensemble's parameters say about the served model."""
+
+    classes: list[str]
+    lineages: list[dict[str, Any]]
+    image_size: int
+    embedding_dim: int
+    review: bool  # serves STAGE and BORDERLINE (False: exported before they existed)
+
+
+def _read_configs(repo: Path, problems: list[str]) -> dict[str, Any]:
+    """Each model's parsed ``config.pbtxt`` (those that parse), its name and version folder checked."""
     from .pbtxt import ConfigFormatError, parse_config
 
-    repo = Path(repository)
-    result = CheckResult(repo)
-    problems = result.problems
-    if not repo.is_dir():
-        problems.append(f"{repo}: not a directory")
-        return result
-
     configs = {}
-    for name in T.MODEL_NAMES:
+    for name in C.MODEL_NAMES:
         path = repo / name / "config.pbtxt"
         if not path.is_file():
             problems.append(f"{name}/config.pbtxt: missing")
@@ -104,124 +115,169 @@ def check_repository(repository: str | Path) -> CheckResult:
             problems.append(f"{name}/config.pbtxt: model name {configs[name].name!r}, expected {name!r}")
         if not (repo / name / "1").is_dir():
             problems.append(f"{name}/1/: missing version folder")
+    return configs
 
+
+def _check_manifest(repo: Path, problems: list[str]) -> None:
+    """The files against ``MANIFEST.json``, which lists exactly SMR's three models."""
     problems.extend(manifest_problems(repo))
     try:
         models = read_manifest(repo)["models"]
     except ManifestError:
-        models = list(T.MODEL_NAMES)  # already reported by manifest_problems
-    if sorted(models) != sorted(T.MODEL_NAMES):
+        models = list(C.MODEL_NAMES)  # already reported by manifest_problems
+    if sorted(models) != sorted(C.MODEL_NAMES):
         problems.append(
-            f"{MANIFEST_FILE}: models {models}, expected {list(T.MODEL_NAMES)} (a repository of SMR's "
+            f"{MANIFEST_FILE}: models {models}, expected {list(C.MODEL_NAMES)} (a repository of SMR's "
             "ensemble holds nothing else)"
         )
-    if len(configs) < len(T.MODEL_NAMES):
-        return result
 
-    ensemble, backbone, post = configs[T.ENSEMBLE], configs[T.BACKBONE], configs[T.POSTPROCESS]
 
-    # -- the ensemble's metadata, the SVM and the curves --------------------------------------
-    params = {k: v.string_value for k, v in ensemble.parameters.items()}
+def _parameters(config) -> dict[str, str]:
+    return {k: v.string_value for k, v in config.parameters.items()}
+
+
+def _serves_review(ensemble, post) -> bool:
+    """Whether the repository has any part of the review outputs (then it must have all of them)."""
+    names = {t.name for t in (*ensemble.output, *post.output)}
+    margins = C.REVIEW_MARGIN_PARAMETER in ensemble.parameters or C.REVIEW_MARGIN_PARAMETER in post.parameters
+    return margins or bool(names & set(C.REVIEW_OUTPUTS))
+
+
+def _metadata(ensemble, post, result: CheckResult) -> _Metadata | None:
+    """The ensemble's parameters (None, with the problem recorded, when they are unreadable)."""
+    params = _parameters(ensemble)
     try:
-        classes = json.loads(params.get("classes", ""))
-        lineages = json.loads(params.get("lineages", ""))
-        image_size = int(params.get("image_size", ""))
-        embedding_dim = int(params.get("embedding_dim", ""))
-    except ValueError as exc:
-        problems.append(
-            f"{T.ENSEMBLE}/config.pbtxt: parameters classes/lineages/image_size/embedding_dim "
-            f"missing or malformed ({exc})"
+        meta = _Metadata(
+            classes=json.loads(params.get(C.CLASSES_PARAMETER, "")),
+            lineages=json.loads(params.get(C.LINEAGES_PARAMETER, "")),
+            image_size=int(params.get(C.IMAGE_SIZE_PARAMETER, "")),
+            embedding_dim=int(params.get(C.EMBEDDING_DIM_PARAMETER, "")),
+            review=_serves_review(ensemble, post),
         )
-        return result
+    except ValueError as exc:
+        result.problems.append(
+            f"{C.ENSEMBLE}/config.pbtxt: parameters {C.CLASSES_PARAMETER}/{C.LINEAGES_PARAMETER}/"
+            f"{C.IMAGE_SIZE_PARAMETER}/{C.EMBEDDING_DIM_PARAMETER} missing or malformed ({exc})"
+        )
+        return None
     result.facts.update(
-        classes=len(classes),
-        lineages=[lin.get("name") for lin in lineages],
-        image_size=image_size,
-        embedding_dim=embedding_dim,
+        classes=len(meta.classes),
+        lineages=[lin.get("name") for lin in meta.lineages],
+        image_size=meta.image_size,
+        embedding_dim=meta.embedding_dim,
         max_batch_size=ensemble.max_batch_size,
     )
-    svm = _load_json(repo, f"{T.POSTPROCESS}/1/svm.json", problems)
-    curves = _load_json(repo, f"{T.POSTPROCESS}/1/curves.json", problems)
-    if svm is not None and svm.get("classes") != classes:
+    return meta
+
+
+def _check_artifacts(repo: Path, meta: _Metadata, problems: list[str]) -> None:
+    """``svm.json`` and ``curves.json`` against the ensemble's ``classes``/``lineages``/``embedding_dim``."""
+    svm = _load_json(repo, f"{C.POSTPROCESS}/1/svm.json", problems)
+    curves = _load_json(repo, f"{C.POSTPROCESS}/1/curves.json", problems)
+    if svm is not None and svm.get("classes") != meta.classes:
         problems.append(
-            f"{T.POSTPROCESS}/1/svm.json: classes {svm.get('classes')} disagree with the ensemble's "
-            f"'classes' parameter {classes}"
+            f"{C.POSTPROCESS}/1/svm.json: classes {svm.get('classes')} disagree with the ensemble's "
+            f"'{C.CLASSES_PARAMETER}' parameter {meta.classes}"
         )
-    if svm is not None and svm.get("support_vectors") and len(svm["support_vectors"][0]) != embedding_dim:
+    vectors = svm.get("support_vectors") if svm is not None else None
+    if vectors and len(vectors[0]) != meta.embedding_dim:
         problems.append(
-            f"{T.POSTPROCESS}/1/svm.json: {len(svm['support_vectors'][0])}-D support vectors, "
-            f"embedding_dim is {embedding_dim}"
+            f"{C.POSTPROCESS}/1/svm.json: {len(vectors[0])}-D support vectors, "
+            f"{C.EMBEDDING_DIM_PARAMETER} is {meta.embedding_dim}"
         )
     if curves is not None:
         served = [
             {k: lin.get(k) for k in ("name", "classes", "targets", "boundaries")}
             for lin in curves.get("lineages", [])
         ]
-        if served != lineages:
+        if served != meta.lineages:
             problems.append(
-                f"{T.POSTPROCESS}/1/curves.json: lineages disagree with the ensemble's 'lineages' parameter"
+                f"{C.POSTPROCESS}/1/curves.json: lineages disagree with the ensemble's "
+                f"'{C.LINEAGES_PARAMETER}' parameter"
             )
 
-    # -- tensors: the contract's table, the configs, the ONNX graph, the ensemble maps ----------
-    n_classes, n_lineages = len(classes), len(lineages)
-    _compare(
-        problems, f"{T.ENSEMBLE}/config.pbtxt inputs", _tensors(ensemble.input), T.backbone_inputs(image_size)
-    )
-    _compare(
-        problems,
-        f"{T.ENSEMBLE}/config.pbtxt outputs",
-        _tensors(ensemble.output),
-        T.ensemble_outputs(n_classes, n_lineages, embedding_dim),
-    )
-    _compare(
-        problems, f"{T.BACKBONE}/config.pbtxt inputs", _tensors(backbone.input), T.backbone_inputs(image_size)
-    )
-    _compare(
-        problems,
-        f"{T.BACKBONE}/config.pbtxt outputs",
-        _tensors(backbone.output),
-        T.backbone_outputs(embedding_dim),
-    )
-    _compare(
-        problems,
-        f"{T.POSTPROCESS}/config.pbtxt inputs",
-        _tensors(post.input),
-        T.postprocess_inputs(embedding_dim),
-    )
-    _compare(
-        problems,
-        f"{T.POSTPROCESS}/config.pbtxt outputs",
-        _tensors(post.output),
-        T.postprocess_outputs(n_classes, n_lineages, embedding_dim),
-    )
 
-    onnx_path = repo / T.BACKBONE / "1" / "model.onnx"
-    if onnx_path.is_file():
-        try:
-            graph_in, graph_out = _onnx_interface(onnx_path)
-        except Exception as exc:  # a damaged file; the manifest check names it too
-            problems.append(f"{T.BACKBONE}/1/model.onnx: unreadable ONNX ({type(exc).__name__}: {exc})")
-        else:
-            _compare(
-                problems, f"{T.BACKBONE}/1/model.onnx graph inputs", graph_in, T.backbone_inputs(image_size)
-            )
-            _compare(
-                problems,
-                f"{T.BACKBONE}/1/model.onnx graph outputs",
-                graph_out,
-                T.backbone_outputs(embedding_dim),
-            )
-    else:
-        problems.append(f"{T.BACKBONE}/1/model.onnx: missing")
+def _margin(text: str | None) -> float | None:
+    """A ``review_margin`` parameter's value, or None unless it is a number in [0, 1]."""
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if 0.0 <= value <= 1.0 else None
 
+
+def _check_review_margin(ensemble, post, meta: _Metadata, result: CheckResult) -> None:
+    """The margin ``smr_postprocess`` flags cells with is the one the ensemble announces, in [0, 1]."""
+    result.facts["review_margin"] = None
+    if not meta.review:
+        return
+    key = C.REVIEW_MARGIN_PARAMETER
+    texts = {C.ENSEMBLE: _parameters(ensemble).get(key), C.POSTPROCESS: _parameters(post).get(key)}
+    margins = {name: _margin(text) for name, text in texts.items()}
+    bad = [name for name, margin in margins.items() if margin is None]
+    for name in bad:
+        result.problems.append(
+            f"{name}/config.pbtxt: parameter {key} {texts[name]!r} is not a margin in [0, 1]"
+        )
+    if bad:
+        return
+    if margins[C.ENSEMBLE] != margins[C.POSTPROCESS]:
+        result.problems.append(
+            f"{C.ENSEMBLE}/config.pbtxt: {key} {texts[C.ENSEMBLE]} disagrees with {C.POSTPROCESS}'s "
+            f"{texts[C.POSTPROCESS]}, the one its flags are computed with"
+        )
+        return
+    result.facts["review_margin"] = margins[C.ENSEMBLE]
+
+
+def _check_tensor_table(configs: dict[str, Any], meta: _Metadata, problems: list[str]) -> None:
+    """Every config's inputs and outputs against the contract's table (``tensors.py``)."""
+    n_classes, n_lineages, dim = len(meta.classes), len(meta.lineages), meta.embedding_dim
+    expected = {
+        C.ENSEMBLE: (
+            T.backbone_inputs(meta.image_size),
+            T.ensemble_outputs(n_classes, n_lineages, dim, review=meta.review),
+        ),
+        C.BACKBONE: (T.backbone_inputs(meta.image_size), T.backbone_outputs(dim)),
+        C.POSTPROCESS: (
+            T.postprocess_inputs(dim),
+            T.postprocess_outputs(n_classes, n_lineages, dim, review=meta.review),
+        ),
+    }
+    for name, (inputs, outputs) in expected.items():
+        _compare(problems, f"{name}/config.pbtxt inputs", _tensors(configs[name].input), inputs)
+        _compare(problems, f"{name}/config.pbtxt outputs", _tensors(configs[name].output), outputs)
+
+
+def _check_onnx_graph(repo: Path, meta: _Metadata, problems: list[str]) -> None:
+    """``model.onnx``'s inputs and outputs against the contract's table."""
+    rel = f"{C.BACKBONE}/1/model.onnx"
+    if not (repo / rel).is_file():
+        problems.append(f"{rel}: missing")
+        return
+    try:
+        graph_in, graph_out = _onnx_interface(repo / rel)
+    except Exception as exc:  # a damaged file; the manifest check names it too
+        problems.append(f"{rel}: unreadable ONNX ({type(exc).__name__}: {exc})")
+        return
+    _compare(problems, f"{rel} graph inputs", graph_in, T.backbone_inputs(meta.image_size))
+    _compare(problems, f"{rel} graph outputs", graph_out, T.backbone_outputs(meta.embedding_dim))
+
+
+def _check_backends(repo: Path, configs: dict[str, Any], result: CheckResult) -> None:
+    """The backbone's platform, each python model's ``model.py``, batch sizes, the ensemble platform."""
+    problems = result.problems
+    ensemble, backbone, post = configs[C.ENSEMBLE], configs[C.BACKBONE], configs[C.POSTPROCESS]
     runtime = "python" if backbone.backend == "python" else backbone.platform
     result.facts["backbone"] = runtime
     if runtime not in ("onnxruntime_onnx", "python"):
         problems.append(
-            f"{T.BACKBONE}/config.pbtxt: platform {backbone.platform!r} / backend {backbone.backend!r}; "
+            f"{C.BACKBONE}/config.pbtxt: platform {backbone.platform!r} / backend {backbone.backend!r}; "
             "expected onnxruntime_onnx or the python backend"
         )
-    for name, config in ((T.BACKBONE, backbone), (T.POSTPROCESS, post)):
+    for name, config in ((C.BACKBONE, backbone), (C.POSTPROCESS, post)):
         if config.backend == "python" and not (repo / name / "1" / "model.py").is_file():
             problems.append(f"{name}/1/model.py: missing (python backend)")
         if config.max_batch_size < ensemble.max_batch_size:
@@ -229,64 +285,105 @@ def check_repository(repository: str | Path) -> CheckResult:
                 f"{name}/config.pbtxt: max_batch_size {config.max_batch_size} < the ensemble's "
                 f"{ensemble.max_batch_size}"
             )
-
     if ensemble.platform != "ensemble":
-        problems.append(f"{T.ENSEMBLE}/config.pbtxt: platform {ensemble.platform!r}, expected 'ensemble'")
-    steps = list(ensemble.ensemble_scheduling.step)
-    if [s.model_name for s in steps] != [T.BACKBONE, T.POSTPROCESS]:
-        problems.append(
-            f"{T.ENSEMBLE}/config.pbtxt: steps {[s.model_name for s in steps]}, "
-            f"expected {[T.BACKBONE, T.POSTPROCESS]}"
-        )
-        return result
-    # every ensemble tensor is produced exactly once (an ensemble input or a step output), every
-    # step reads/writes tensors its model declares, and no step reads an ensemble output: Triton
-    # drops an ensemble output the client did not request, and a step waiting for it deadlocks
-    ensemble_outputs = {t.name for t in ensemble.output}
-    produced = {t.name: f"ensemble input {t.name}" for t in ensemble.input}
-    for step, config in zip(steps, (backbone, post), strict=True):
-        declared_in = {t.name for t in config.input}
-        declared_out = {t.name for t in config.output}
-        for model_tensor, ens_tensor in step.input_map.items():
-            if model_tensor not in declared_in:
-                problems.append(
-                    f"{T.ENSEMBLE}/config.pbtxt: step {step.model_name} input_map key {model_tensor!r} "
-                    f"is not an input of {step.model_name} {sorted(declared_in)}"
-                )
-            if ens_tensor not in produced:
-                problems.append(
-                    f"{T.ENSEMBLE}/config.pbtxt: step {step.model_name} reads {ens_tensor!r}, "
-                    "which no earlier step or ensemble input provides"
-                )
-            if ens_tensor in ensemble_outputs:
-                problems.append(
-                    f"{T.ENSEMBLE}/config.pbtxt: step {step.model_name} reads {ens_tensor!r}, which is "
-                    "also an ensemble output; a request that does not ask for it deadlocks (map the "
-                    "producing step's output to an internal tensor name)"
-                )
-        if set(step.input_map) != declared_in:
+        problems.append(f"{C.ENSEMBLE}/config.pbtxt: platform {ensemble.platform!r}, expected 'ensemble'")
+
+
+def _check_step_inputs(
+    step, config, produced: dict[str, str], outputs: set[str], problems: list[str]
+) -> None:
+    """A step reads inputs its model declares, from tensors produced before it, none an ensemble output."""
+    where = f"{C.ENSEMBLE}/config.pbtxt: step {step.model_name}"
+    declared = {t.name for t in config.input}
+    for model_tensor, ens_tensor in step.input_map.items():
+        if model_tensor not in declared:
             problems.append(
-                f"{T.ENSEMBLE}/config.pbtxt: step {step.model_name} maps inputs {sorted(step.input_map)}, "
-                f"the model declares {sorted(declared_in)}"
+                f"{where} input_map key {model_tensor!r} is not an input of {step.model_name} "
+                f"{sorted(declared)}"
             )
-        for model_tensor, ens_tensor in step.output_map.items():
-            if model_tensor not in declared_out:
-                problems.append(
-                    f"{T.ENSEMBLE}/config.pbtxt: step {step.model_name} output_map key "
-                    f"{model_tensor!r} is not an output of {step.model_name} {sorted(declared_out)}"
-                )
-            if ens_tensor in produced:
-                problems.append(f"{T.ENSEMBLE}/config.pbtxt: {ens_tensor!r} is produced twice")
-            produced[ens_tensor] = f"{step.model_name}.{model_tensor}"
+        if ens_tensor not in produced:
+            problems.append(f"{where} reads {ens_tensor!r}, which no earlier step or ensemble input provides")
+        if ens_tensor in outputs:
+            problems.append(
+                f"{where} reads {ens_tensor!r}, which is also an ensemble output; a request that does not "
+                "ask for it deadlocks (map the producing step's output to an internal tensor name)"
+            )
+    if set(step.input_map) != declared:
+        problems.append(
+            f"{where} maps inputs {sorted(step.input_map)}, the model declares {sorted(declared)}"
+        )
+
+
+def _record_step_outputs(step, config, produced: dict[str, str], problems: list[str]) -> None:
+    """Add the step's outputs to ``produced`` (tensor -> producer); each is produced once only."""
+    declared = {t.name for t in config.output}
+    for model_tensor, ens_tensor in step.output_map.items():
+        if model_tensor not in declared:
+            problems.append(
+                f"{C.ENSEMBLE}/config.pbtxt: step {step.model_name} output_map key {model_tensor!r} is not "
+                f"an output of {step.model_name} {sorted(declared)}"
+            )
+        if ens_tensor in produced:
+            problems.append(f"{C.ENSEMBLE}/config.pbtxt: {ens_tensor!r} is produced twice")
+        produced[ens_tensor] = f"{step.model_name}.{model_tensor}"
+
+
+def _check_ensemble_steps(configs: dict[str, Any], problems: list[str]) -> bool:
+    """The ensemble's steps and maps: every ensemble tensor is produced exactly once (an ensemble input
+    or a step output), every step reads/writes tensors its model declares, and no step reads an
+    ensemble output (Triton drops an ensemble output the client did not request, and a step waiting
+    for it deadlocks; see ``smr.core.contract``); every ensemble output comes from smr_postprocess.
+    False when the steps are not SMR's two (nothing more is checked then)."""
+    ensemble = configs[C.ENSEMBLE]
+    steps = list(ensemble.ensemble_scheduling.step)
+    if [s.model_name for s in steps] != [C.BACKBONE, C.POSTPROCESS]:
+        problems.append(
+            f"{C.ENSEMBLE}/config.pbtxt: steps {[s.model_name for s in steps]}, "
+            f"expected {[C.BACKBONE, C.POSTPROCESS]}"
+        )
+        return False
+    outputs = {t.name for t in ensemble.output}
+    produced = {t.name: f"ensemble input {t.name}" for t in ensemble.input}
+    for step, config in zip(steps, (configs[C.BACKBONE], configs[C.POSTPROCESS]), strict=True):
+        _check_step_inputs(step, config, produced, outputs, problems)
+        _record_step_outputs(step, config, produced, problems)
+    _check_output_sources(ensemble, produced, problems)
+    return True
+
+
+def _check_output_sources(ensemble, produced: dict[str, str], problems: list[str]) -> None:
+    """Every ensemble output is produced, by ``smr_postprocess`` (``EMBEDDING`` from ``EMBEDDING_OUT``)."""
     for t in ensemble.output:
         if t.name not in produced:
-            problems.append(f"{T.ENSEMBLE}/config.pbtxt: output {t.name!r} is produced by no step")
+            problems.append(f"{C.ENSEMBLE}/config.pbtxt: output {t.name!r} is produced by no step")
             continue
-        expected = f"{T.POSTPROCESS}.{T.ensemble_output_source(t.name)}"
+        expected = f"{C.POSTPROCESS}.{T.ensemble_output_source(t.name)}"
         if produced[t.name] != expected:
             problems.append(
-                f"{T.ENSEMBLE}/config.pbtxt: output {t.name!r} comes from {produced[t.name]}, "
+                f"{C.ENSEMBLE}/config.pbtxt: output {t.name!r} comes from {produced[t.name]}, "
                 f"expected {expected}"
             )
-    result.facts["manifest"] = str(repo / MANIFEST_FILE)
+
+
+def check_repository(repository: str | Path) -> CheckResult:
+    """Every problem of the repository (empty when it is ready to serve)."""
+    repo = Path(repository)
+    result = CheckResult(repo)
+    if not repo.is_dir():
+        result.problems.append(f"{repo}: not a directory")
+        return result
+    configs = _read_configs(repo, result.problems)
+    _check_manifest(repo, result.problems)
+    if len(configs) < len(C.MODEL_NAMES):
+        return result
+    meta = _metadata(configs[C.ENSEMBLE], configs[C.POSTPROCESS], result)
+    if meta is None:
+        return result
+    _check_artifacts(repo, meta, result.problems)
+    _check_review_margin(configs[C.ENSEMBLE], configs[C.POSTPROCESS], meta, result)
+    _check_tensor_table(configs, meta, result.problems)
+    _check_onnx_graph(repo, meta, result.problems)
+    _check_backends(repo, configs, result)
+    if _check_ensemble_steps(configs, result.problems):
+        result.facts["manifest"] = str(repo / MANIFEST_FILE)
     return result

@@ -10,11 +10,12 @@ __all__ = ["add_parsers", "run"]
 
 _DESCRIPTION = """\
 Turn a training run directory into a self-contained Triton model repository: the ensemble `smr`
-(IMAGE uint8 [H, W, 3] -> PROBABILITIES, CLASS_ID, MATURITY, CURVE_DISTANCE, EMBEDDING) made of
-`smr_backbone` (the network as ONNX, normalisation inside the graph) and `smr_postprocess`
-(python backend, numpy: SVM probabilities, curve projections, Prometheus cell counters), plus a
-MANIFEST.json with the SHA-256 of every file. The export checks the ONNX graph and its parity with
-PyTorch (max abs difference <= 1e-4), and the finished repository (as --check does).
+(IMAGE uint8 [H, W, 3] -> PROBABILITIES, CLASS_ID, MATURITY, CURVE_DISTANCE, STAGE, BORDERLINE,
+EMBEDDING) made of `smr_backbone` (the network as ONNX, normalisation inside the graph) and
+`smr_postprocess` (python backend, numpy: SVM probabilities, curve projections, stages and review
+flags, Prometheus cell counters), plus a MANIFEST.json with the SHA-256 of every file. The export
+checks the ONNX graph and its parity with PyTorch (max abs difference <= 1e-4), and the finished
+repository (as --check does).
 """
 
 _EPILOG = """\
@@ -47,9 +48,6 @@ def _batch_sizes(text: str) -> tuple[int, ...]:
 
 
 def add_parsers(subparsers) -> None:
-    from .pbtxt import INSTANCE_KINDS, RUNTIMES, TENSORRT_PRECISIONS
-    from .precision import MAX_F1_LOSS, MIN_AGREEMENT, PRECISION_CHOICES
-
     p = subparsers.add_parser(
         "export",
         help="export a run directory to a Triton model repository (or --check one)",
@@ -75,7 +73,22 @@ def add_parsers(subparsers) -> None:
         help="validate an exported repository instead of exporting: configs parse as Triton model "
         "configs, files match MANIFEST.json, tensor names agree; exit status 1 on any problem",
     )
-    g = p.add_argument_group("backbone")
+    _add_backbone_arguments(p.add_argument_group("backbone"))
+    _add_postprocess_arguments(p.add_argument_group("postprocess"))
+    _add_scheduling_arguments(p.add_argument_group("scheduling"))
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace smr/, smr_backbone/, smr_postprocess/ even when no SMR manifest accounts for them",
+    )
+    p.set_defaults(func=run)
+
+
+def _add_backbone_arguments(g) -> None:
+    """The backbone's runtime, precision and its accuracy check, quantisation, data, opset."""
+    from .pbtxt import RUNTIMES, TENSORRT_PRECISIONS
+    from .precision import MAX_F1_LOSS, MIN_AGREEMENT, PRECISION_CHOICES
+
     g.add_argument(
         "--runtime",
         choices=RUNTIMES,
@@ -132,7 +145,27 @@ def add_parsers(subparsers) -> None:
         "images and INT8 calibration",
     )
     g.add_argument("--opset", type=int, default=21, help="ONNX opset (default: %(default)s)")
-    s = p.add_argument_group("scheduling")
+
+
+def _add_postprocess_arguments(g) -> None:
+    """What smr_postprocess returns besides the SVM and the curves: the review flags' margin."""
+    from smr.core.contract import DEFAULT_REVIEW_MARGIN
+
+    g.add_argument(
+        "--review-margin",
+        type=float,
+        default=DEFAULT_REVIEW_MARGIN,
+        metavar="F",
+        help="the served BORDERLINE flag: a cell whose two most probable classes differ by less than "
+        "this in SVM probability is flagged for review (clients with another --margin derive their own "
+        "flags) (default: %(default)s)",
+    )
+
+
+def _add_scheduling_arguments(s) -> None:
+    """Batch sizes, instances, dynamic batching, warm-up, threads."""
+    from .pbtxt import INSTANCE_KINDS
+
     s.add_argument(
         "--max-batch-size",
         type=_positive_int,
@@ -172,12 +205,6 @@ def add_parsers(subparsers) -> None:
         help="onnxruntime threads per backbone instance; 0 leaves onnxruntime's default "
         "(default: %(default)s)",
     )
-    p.add_argument(
-        "--force",
-        action="store_true",
-        help="replace smr/, smr_backbone/, smr_postprocess/ even when no SMR manifest accounts for them",
-    )
-    p.set_defaults(func=run)
 
 
 def _fail(message: str, code: int = 2) -> int:
@@ -252,6 +279,8 @@ def run(args: argparse.Namespace) -> int:
         precision = args.quantize
     if not 0 <= args.max_f1_loss <= 1 or not 0 <= args.min_agreement <= 1:
         return _fail("--max-f1-loss and --min-agreement are fractions in [0, 1] (0.01 is 1 pp)")
+    if not 0 <= args.review_margin <= 1:
+        return _fail(f"--review-margin {args.review_margin} is not a difference of probabilities in [0, 1]")
     try:
         serving = ServingOptions(
             runtime=args.runtime,
@@ -274,6 +303,7 @@ def run(args: argparse.Namespace) -> int:
         opset=args.opset,
         data_root=args.data,
         force=args.force,
+        review_margin=args.review_margin,
     )
     repository = args.repository or DEFAULT_REPOSITORY
     try:

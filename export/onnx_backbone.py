@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .tensors import EMBEDDING, IMAGE
+from smr.core.contract import EMBEDDING, IMAGE
 
 __all__ = [
     "DEFAULT_OPSET",

@@ -16,6 +16,20 @@ from typing import Any
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from smr.core import contract as C
+from smr.core.contract import (
+    CLASSES_PARAMETER,
+    DEFAULT_REVIEW_MARGIN,
+    EMBEDDING_DIM_PARAMETER,
+    FOV_PARAMETER,
+    IMAGE_SIZE_PARAMETER,
+    LINEAGES_PARAMETER,
+    MPP_PARAMETER,
+    PROVENANCE_PARAMETERS,
+    REVIEW_MARGIN_PARAMETER,
+)
+from smr.serving.triton_models.engines import ENGINE_PRECISIONS, PRECISIONS
+
 from . import tensors as T
 from .tensors import TensorSpec
 
@@ -33,31 +47,16 @@ __all__ = [
     "to_text",
     "parse_config",
     "ConfigFormatError",
+    "review_margin_text",
+    # the ensemble parameters that describe the model, defined in smr.core.contract
     "MPP_PARAMETER",
     "FOV_PARAMETER",
     "PROVENANCE_PARAMETERS",
 ]
 
-# The ensemble's model parameters that describe the model (besides classes, lineages, image_size,
-# embedding_dim), read back by smr.clients.model_info. Each is a string (numbers as JSON) and is left
-# out when unknown. The scale the network input was trained at, in micrometres per pixel, and the
-# field of view of a patch ([height, width] in micrometres, JSON):
-MPP_PARAMETER = "microns_per_pixel"
-FOV_PARAMETER = "field_of_view_um"
-# Where the model comes from (see docs/export.md, "Provenance"):
-PROVENANCE_PARAMETERS = (
-    "manifest_sha256",  # smr.export.repository.manifest_digest of MANIFEST.json
-    "run_id",  # run folder name and the first 12 hex digits of model.safetensors' sha256
-    "training_data",  # the training data set's folder name
-    "training_images",  # images in the training split
-    "val_macro_f1",  # the best epoch's validation macro F1
-    "smr_version",  # the SMR that exported the repository
-)
-
 # onnxruntime: Triton's onnxruntime backend; python: the python backend running onnxruntime;
 # openvino: the python backend running OpenVINO (serving/triton_models/engines.py)
 RUNTIMES = ("onnxruntime", "python", "openvino")
-PRECISIONS = ("fp32", "bf16", "int8")
 INSTANCE_KINDS = ("cpu", "gpu")
 TENSORRT_PRECISIONS = ("fp16", "fp32")
 
@@ -69,8 +68,6 @@ def runtime_engine(runtime: str) -> str:
 
 def runtime_precisions(runtime: str) -> tuple[str, ...]:
     """The precisions the backbone of ``runtime`` can run."""
-    from smr.serving.triton_models.engines import ENGINE_PRECISIONS
-
     return ENGINE_PRECISIONS[runtime_engine(runtime)]
 
 
@@ -175,7 +172,7 @@ def _add_warmup(
 def backbone_config(*, image_size: int, embedding_dim: int, options: ServingOptions) -> mc.ModelConfig:
     """``smr_backbone``: the ONNX graph, on Triton's onnxruntime backend or the python backend."""
     options.validate()
-    config = mc.ModelConfig(name=T.BACKBONE, max_batch_size=options.max_batch_size)
+    config = mc.ModelConfig(name=C.BACKBONE, max_batch_size=options.max_batch_size)
     if options.runtime == "onnxruntime":
         config.platform = "onnxruntime_onnx"
         config.default_model_filename = "model.onnx"
@@ -209,19 +206,33 @@ def backbone_config(*, image_size: int, embedding_dim: int, options: ServingOpti
     return config
 
 
+def review_margin_text(margin: float) -> str:
+    """The ``review_margin`` parameter's string (``ValueError`` outside [0, 1])."""
+    if not 0.0 <= float(margin) <= 1.0:
+        raise ValueError(f"review margin {margin} must lie in [0, 1] (a difference of probabilities)")
+    return repr(float(margin))
+
+
 def postprocess_config(
-    *, embedding_dim: int, n_classes: int, n_lineages: int, options: ServingOptions
+    *,
+    embedding_dim: int,
+    n_classes: int,
+    n_lineages: int,
+    options: ServingOptions,
+    review_margin: float = DEFAULT_REVIEW_MARGIN,
 ) -> mc.ModelConfig:
-    """``smr_postprocess``: SVM probabilities and curve projections (python backend, numpy), and a
-    copy of its input as ``EMBEDDING_OUT`` (the ensemble's ``EMBEDDING``; see ``tensors``)."""
+    """``smr_postprocess``: SVM probabilities, curve projections, stages and review flags (python
+    backend, numpy), and a copy of its input as ``EMBEDDING_OUT`` (the ensemble's ``EMBEDDING``;
+    see ``smr.core.contract``). ``review_margin``: the SVM margin of ``smr.core.review``."""
     options.validate()
-    config = mc.ModelConfig(name=T.POSTPROCESS, backend="python", max_batch_size=options.max_batch_size)
+    config = mc.ModelConfig(name=C.POSTPROCESS, backend="python", max_batch_size=options.max_batch_size)
     inputs = T.postprocess_inputs(embedding_dim)
     _add_tensors(config.input, inputs)
     _add_tensors(config.output, T.postprocess_outputs(n_classes, n_lineages, embedding_dim))
     config.parameters["curves_file"].string_value = "curves.json"
     config.parameters["svm_file"].string_value = "svm.json"
     config.parameters["manifest_file"].string_value = "../MANIFEST.json"
+    config.parameters[REVIEW_MARGIN_PARAMETER].string_value = review_margin_text(review_margin)
     _add_scheduling(config, options, "cpu")
     # zero embeddings: the backbone never produces one (it L2-normalises), so the postprocess can
     # leave the warm-up out of its cell counters
@@ -237,30 +248,33 @@ def ensemble_config(
     lineages: Sequence[dict[str, Any]],
     options: ServingOptions,
     parameters: Mapping[str, str] | None = None,
+    review_margin: float = DEFAULT_REVIEW_MARGIN,
 ) -> mc.ModelConfig:
     """``smr``: IMAGE -> smr_backbone -> smr_postprocess -> outputs, with the class/lineage metadata.
 
     Every ensemble output comes from ``smr_postprocess`` (``EMBEDDING`` from its ``EMBEDDING_OUT``).
     ``parameters``: more string parameters (scale and provenance, see :data:`PROVENANCE_PARAMETERS`).
+    ``review_margin``: the postprocess's, announced to clients (``smr.clients.model_info``).
     """
     options.validate()
-    config = mc.ModelConfig(name=T.ENSEMBLE, platform="ensemble", max_batch_size=options.max_batch_size)
+    config = mc.ModelConfig(name=C.ENSEMBLE, platform="ensemble", max_batch_size=options.max_batch_size)
     _add_tensors(config.input, T.backbone_inputs(image_size))
     outputs = T.ensemble_outputs(len(classes), len(lineages), embedding_dim)
     _add_tensors(config.output, outputs)
-    backbone = config.ensemble_scheduling.step.add(model_name=T.BACKBONE, model_version=-1)
-    backbone.input_map[T.IMAGE] = T.IMAGE
+    backbone = config.ensemble_scheduling.step.add(model_name=C.BACKBONE, model_version=-1)
+    backbone.input_map[C.IMAGE] = C.IMAGE
     # the backbone's embedding stays internal to the ensemble: an ensemble output that a later step
     # also reads is dropped when a client does not request it, and the ensemble deadlocks
-    backbone.output_map[T.EMBEDDING] = T.BACKBONE_EMBEDDING
-    post = config.ensemble_scheduling.step.add(model_name=T.POSTPROCESS, model_version=-1)
-    post.input_map[T.EMBEDDING] = T.BACKBONE_EMBEDDING
+    backbone.output_map[C.EMBEDDING] = C.BACKBONE_EMBEDDING
+    post = config.ensemble_scheduling.step.add(model_name=C.POSTPROCESS, model_version=-1)
+    post.input_map[C.EMBEDDING] = C.BACKBONE_EMBEDDING
     for spec in outputs:
         post.output_map[T.ensemble_output_source(spec.name)] = spec.name
-    config.parameters["classes"].string_value = json.dumps(list(classes))
-    config.parameters["lineages"].string_value = json.dumps(list(lineages))
-    config.parameters["image_size"].string_value = str(image_size)
-    config.parameters["embedding_dim"].string_value = str(embedding_dim)
+    config.parameters[CLASSES_PARAMETER].string_value = json.dumps(list(classes))
+    config.parameters[LINEAGES_PARAMETER].string_value = json.dumps(list(lineages))
+    config.parameters[IMAGE_SIZE_PARAMETER].string_value = str(image_size)
+    config.parameters[EMBEDDING_DIM_PARAMETER].string_value = str(embedding_dim)
+    config.parameters[REVIEW_MARGIN_PARAMETER].string_value = review_margin_text(review_margin)
     for key, value in (parameters or {}).items():
         if key in config.parameters:
             raise ValueError(f"ensemble parameter {key!r} is set by SMR itself")

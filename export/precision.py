@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from smr.serving.triton_models.engines import PRECISION_CPU_FLAGS, BackboneEngine
+from smr.serving.triton_models.engines import PRECISION_CPU_FLAGS, PRECISIONS, BackboneEngine
 
 from .onnx_backbone import PARITY_ATOL, ExportError
 from .pbtxt import runtime_engine, runtime_precisions
@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 
 MAX_F1_LOSS = 0.01  # macro F1, FP32 minus the precision's
 MIN_AGREEMENT = 0.97  # share of validation images with the same served class as FP32
-PRECISION_CHOICES = ("fp32", "bf16", "int8", "auto")
+PRECISION_CHOICES = (*PRECISIONS, "auto")
 
 
 class PrecisionRefused(ExportError):

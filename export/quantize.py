@@ -29,8 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
+from smr.core.contract import IMAGE
+
 from .onnx_backbone import MAX_IR_VERSION, onnx_embed, ort_session
-from .tensors import IMAGE
 
 __all__ = ["QUANTIZE_CHOICES", "QuantizationReport", "quantize_int8", "compare_int8", "measure_throughput"]
 

@@ -1,39 +1,34 @@
-"""Names, data types and shapes of the served models and tensors.
+"""Data types and shapes of the served models' tensors; the names are ``smr.core.contract``'s.
 
 Docs: docs/architecture.md, "The tensor contract".
 
 One table that the config writer, the repository check and the tests all read, so that the ONNX
 graph, every ``config.pbtxt`` and the ensemble maps cannot drift apart. The Triton python models
-(``smr.serving.triton_models``) cannot import this module (they run without the ``smr`` package);
-they read the names from their own ``config.pbtxt``, which ``smr export --check`` compares with
-this table.
-
-``EMBEDDING`` is both the backbone's output and an ensemble output, yet the ensemble does not
-route one tensor to both: an ensemble tensor that is an ensemble output *and* a later step's input
-is dropped by Triton when the client does not request that output, and the ensemble then fails
-with "unexpected deadlock, at least one output is not set". So the backbone's ``EMBEDDING`` goes to
-the ensemble-internal tensor ``backbone_embedding``, which feeds ``smr_postprocess``; the
-postprocess returns a copy as ``EMBEDDING_OUT``, and that is the ensemble's ``EMBEDDING``.
+(``smr.serving.triton_models``) import the names from their vendored ``smr_core.contract`` and
+check data types and shapes against their own ``config.pbtxt``, which ``smr export --check``
+compares with this table. Why the backbone's ``EMBEDDING`` is not the ensemble's directly (the
+ensemble-internal ``backbone_embedding`` and the postprocess's ``EMBEDDING_OUT``) is told in
+``smr.core.contract``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from smr.core.contract import (
+    BORDERLINE,
+    CLASS_ID,
+    CURVE_DISTANCE,
+    EMBEDDING,
+    EMBEDDING_OUT,
+    IMAGE,
+    MATURITY,
+    PROBABILITIES,
+    STAGE,
+)
+
 __all__ = [
-    "ENSEMBLE",
-    "BACKBONE",
-    "POSTPROCESS",
-    "MODEL_NAMES",
     "TensorSpec",
-    "IMAGE",
-    "EMBEDDING",
-    "PROBABILITIES",
-    "CLASS_ID",
-    "MATURITY",
-    "CURVE_DISTANCE",
-    "EMBEDDING_OUT",
-    "BACKBONE_EMBEDDING",
     "backbone_inputs",
     "backbone_outputs",
     "postprocess_inputs",
@@ -41,20 +36,6 @@ __all__ = [
     "ensemble_outputs",
     "ensemble_output_source",
 ]
-
-ENSEMBLE = "smr"
-BACKBONE = "smr_backbone"
-POSTPROCESS = "smr_postprocess"
-MODEL_NAMES = (ENSEMBLE, BACKBONE, POSTPROCESS)
-
-IMAGE = "IMAGE"
-EMBEDDING = "EMBEDDING"
-PROBABILITIES = "PROBABILITIES"
-CLASS_ID = "CLASS_ID"
-MATURITY = "MATURITY"
-CURVE_DISTANCE = "CURVE_DISTANCE"
-EMBEDDING_OUT = "EMBEDDING_OUT"  # smr_postprocess's copy of its input, the ensemble's EMBEDDING
-BACKBONE_EMBEDDING = "backbone_embedding"  # ensemble-internal: smr_backbone -> smr_postprocess
 
 
 @dataclass(frozen=True)
@@ -78,24 +59,36 @@ def postprocess_inputs(embedding_dim: int) -> list[TensorSpec]:
     return [TensorSpec(EMBEDDING, "TYPE_FP32", (embedding_dim,))]
 
 
-def _classification_outputs(n_classes: int, n_lineages: int) -> list[TensorSpec]:
-    return [
+def _computed_outputs(n_classes: int, n_lineages: int, review: bool) -> list[TensorSpec]:
+    specs = [
         TensorSpec(PROBABILITIES, "TYPE_FP32", (n_classes,)),
         TensorSpec(CLASS_ID, "TYPE_INT32", (1,)),
         TensorSpec(MATURITY, "TYPE_FP32", (n_lineages,)),
         TensorSpec(CURVE_DISTANCE, "TYPE_FP32", (n_lineages,)),
     ]
+    if review:
+        specs += [
+            TensorSpec(STAGE, "TYPE_INT32", (n_lineages,)),  # smr.core.review's stage per lineage
+            TensorSpec(BORDERLINE, "TYPE_UINT8", (1,)),  # smr.core.review's flags, 0: not flagged
+        ]
+    return specs
 
 
-def postprocess_outputs(n_classes: int, n_lineages: int, embedding_dim: int) -> list[TensorSpec]:
-    return _classification_outputs(n_classes, n_lineages) + [
+def postprocess_outputs(
+    n_classes: int, n_lineages: int, embedding_dim: int, *, review: bool = True
+) -> list[TensorSpec]:
+    """``review=False``: the outputs of a repository exported before ``STAGE`` and ``BORDERLINE``."""
+    return _computed_outputs(n_classes, n_lineages, review) + [
         TensorSpec(EMBEDDING_OUT, "TYPE_FP32", (embedding_dim,))
     ]
 
 
-def ensemble_outputs(n_classes: int, n_lineages: int, embedding_dim: int) -> list[TensorSpec]:
-    """The ensemble outputs of docs/architecture.md, "The tensor contract", in its order."""
-    return _classification_outputs(n_classes, n_lineages) + [
+def ensemble_outputs(
+    n_classes: int, n_lineages: int, embedding_dim: int, *, review: bool = True
+) -> list[TensorSpec]:
+    """The ensemble outputs of docs/architecture.md, "The tensor contract", in its order
+    (``review=False``: those of a repository exported before ``STAGE`` and ``BORDERLINE``)."""
+    return _computed_outputs(n_classes, n_lineages, review) + [
         TensorSpec(EMBEDDING, "TYPE_FP32", (embedding_dim,))
     ]
 

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-BACKBONE = "smr_backbone"
-POSTPROCESS = "smr_postprocess"
+from smr.core.contract import BACKBONE, CLASSIFICATION_OUTPUTS, ENSEMBLE, IMAGE, POSTPROCESS
+
 CSV_FIELDS = (
     "mode", "batch_size", "concurrency", "duration_s", "requests", "cells", "cells_per_s",
     "p50_ms", "p95_ms", "p99_ms", "errors", "avg_batch", "backbone_ms_per_cell",
@@ -123,7 +123,7 @@ def _client_loop(
 
     client = grpcclient.InferenceServerClient(url)
     images = random_images(batch_size, image_shape, seed)
-    inputs = [grpcclient.InferInput("IMAGE", list(images.shape), "UINT8")]
+    inputs = [grpcclient.InferInput(IMAGE, list(images.shape), "UINT8")]
     inputs[0].set_data_from_numpy(images)
     requested = [grpcclient.InferRequestedOutput(name) for name in outputs]
     window_start, window_end = start_at + warmup, start_at + warmup + duration
@@ -213,12 +213,12 @@ def _model_shares(before: dict, after: dict, result: BenchResult) -> None:
 def bench_served(
     url: str,
     *,
-    model: str = "smr",
+    model: str = ENSEMBLE,
     batch_size: int,
     concurrency: int,
     duration: float,
     warmup: float = 3.0,
-    outputs: Sequence[str] = ("PROBABILITIES", "CLASS_ID", "MATURITY", "CURVE_DISTANCE"),
+    outputs: Sequence[str] = CLASSIFICATION_OUTPUTS,
     image_shape: Sequence[int] | None = None,
     server_pid: int | None = None,
 ) -> BenchResult:

@@ -10,8 +10,14 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from smr.core.contract import ENSEMBLE
 from smr.export.repository import DEFAULT_REPOSITORY  # one default for smr export and smr serve
+
+if TYPE_CHECKING:
+    from smr.serving.launcher import TritonProcess
+    from smr.serving.supervisor import Supervisor
 
 
 def _port(text: str) -> int:
@@ -58,6 +64,14 @@ def _int_list(text: str) -> list[int]:
 
 
 def add_parsers(subparsers) -> None:
+    """Add ``smr serve``, ``smr probe`` and ``smr bench`` to the ``smr`` command's sub-parsers."""
+    _add_serve_parser(subparsers)
+    _add_probe_parser(subparsers)
+    _add_bench_parser(subparsers)
+
+
+def _add_serve_parser(subparsers) -> None:
+    """``smr serve``: where to listen, and how to run and watch the server."""
     serve = subparsers.add_parser(
         "serve",
         help="serve a model repository with a local Triton Inference Server",
@@ -68,6 +82,13 @@ def add_parsers(subparsers) -> None:
         "at start. The server comes from --tritonserver, $TRITONSERVER, PATH, else the nvidia-pytriton "
         "wheel (python backend only: export with --runtime python). See docs/serving.md.",
     )
+    _add_endpoint_arguments(serve)
+    _add_server_arguments(serve)
+    serve.set_defaults(func=run_serve)
+
+
+def _add_endpoint_arguments(serve: argparse.ArgumentParser) -> None:
+    """``smr serve``'s repository, address, ports and probe interval."""
     serve.add_argument(
         "--repository",
         default=DEFAULT_REPOSITORY,
@@ -116,6 +137,10 @@ def add_parsers(subparsers) -> None:
         metavar="PORT",
         help="Prometheus metrics port (default: %(default)s)",
     )
+
+
+def _add_server_arguments(serve: argparse.ArgumentParser) -> None:
+    """``smr serve``'s server binary, its logs, start-up wait and further options."""
     serve.add_argument("--tritonserver", metavar="PATH", help="tritonserver binary to run")
     serve.add_argument(
         "--log-verbose",
@@ -144,8 +169,10 @@ def add_parsers(subparsers) -> None:
         metavar="-- TRITON_ARG",
         help="further tritonserver options after --, e.g. -- --model-load-thread-count=2",
     )
-    serve.set_defaults(func=run_serve)
 
+
+def _add_probe_parser(subparsers) -> None:
+    """``smr probe``: one real inference."""
     probe = subparsers.add_parser(
         "probe",
         help="one real inference on a server: exit status 0 when it serves",
@@ -156,7 +183,7 @@ def add_parsers(subparsers) -> None:
     probe.add_argument(
         "--url", default="127.0.0.1:8001", metavar="HOST:PORT", help="gRPC address (default: %(default)s)"
     )
-    probe.add_argument("--model", default="smr", help="model to probe (default: %(default)s)")
+    probe.add_argument("--model", default=ENSEMBLE, help="model to probe (default: %(default)s)")
     probe.add_argument(
         "--timeout",
         type=_positive_float,
@@ -166,6 +193,9 @@ def add_parsers(subparsers) -> None:
     )
     probe.set_defaults(func=run_probe)
 
+
+def _add_bench_parser(subparsers) -> None:
+    """``smr bench``: the load to send and what to compare it with."""
     bench = subparsers.add_parser(
         "bench",
         help="measure served throughput and latency (optionally against in-process onnxruntime)",
@@ -181,7 +211,27 @@ def add_parsers(subparsers) -> None:
         metavar="HOST:PORT",
         help="gRPC address of the server (default: %(default)s)",
     )
-    bench.add_argument("--model", default="smr", help="model to call (default: %(default)s)")
+    bench.add_argument("--model", default=ENSEMBLE, help="model to call (default: %(default)s)")
+    _add_load_arguments(bench)
+    bench.add_argument(
+        "--outputs",
+        default="PROBABILITIES,CLASS_ID,MATURITY,CURVE_DISTANCE",
+        help="outputs to request, comma-separated (default: %(default)s)",
+    )
+    bench.add_argument("--csv", metavar="FILE", help="also write the results as CSV")
+    bench.add_argument(
+        "--server-pid",
+        type=int,
+        metavar="PID",
+        help="pid of a tritonserver on this machine (smr serve prints it): also report cells per CPU-second "
+        "of its process tree, a figure that other load on the machine does not skew",
+    )
+    _add_baseline_arguments(bench)
+    bench.set_defaults(func=run_bench)
+
+
+def _add_load_arguments(bench: argparse.ArgumentParser) -> None:
+    """``smr bench``'s load: batch size, client processes, measured and warm-up seconds."""
     bench.add_argument(
         "--batch-size",
         type=_positive_int,
@@ -210,19 +260,10 @@ def add_parsers(subparsers) -> None:
         metavar="S",
         help="seconds of unmeasured requests before each setting (default: %(default)s)",
     )
-    bench.add_argument(
-        "--outputs",
-        default="PROBABILITIES,CLASS_ID,MATURITY,CURVE_DISTANCE",
-        help="outputs to request, comma-separated (default: %(default)s)",
-    )
-    bench.add_argument("--csv", metavar="FILE", help="also write the results as CSV")
-    bench.add_argument(
-        "--server-pid",
-        type=int,
-        metavar="PID",
-        help="pid of a tritonserver on this machine (smr serve prints it): also report cells per CPU-second "
-        "of its process tree, a figure that other load on the machine does not skew",
-    )
+
+
+def _add_baseline_arguments(bench: argparse.ArgumentParser) -> None:
+    """``smr bench --baseline``: onnxruntime in-process on the repository's backbone."""
     bench.add_argument(
         "--baseline",
         action="store_true",
@@ -241,7 +282,6 @@ def add_parsers(subparsers) -> None:
         metavar="N",
         help="onnxruntime intra-op threads for --baseline (default: 0, all cores)",
     )
-    bench.set_defaults(func=run_bench)
 
 
 def _follow(path: Path, stop: threading.Event, start: int) -> None:
@@ -258,25 +298,15 @@ def _follow(path: Path, stop: threading.Event, start: int) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from smr.serving.launcher import TritonError, TritonProcess
-    from smr.serving.supervisor import Supervisor, SupervisorError
+    """``smr serve``: start the server, print its endpoints and supervise it until Ctrl+C / SIGTERM.
+
+    Exit status 0 after a requested stop, 1 when the server could not be brought back, 2 when it
+    did not start, 130 on Ctrl+C during the start.
+    """
+    from smr.serving.supervisor import Supervisor
 
     logging.basicConfig(level=logging.INFO, format="smr serve: %(message)s", stream=sys.stderr)
-    server_args = [a for a in args.server_args if a != "--"]
-    server = TritonProcess(
-        args.repository,
-        host=args.host,
-        http=args.http,
-        grpc_port=args.grpc_port,
-        http_port=args.http_port,
-        metrics_port=args.metrics_port,
-        tritonserver=args.tritonserver,
-        check_manifest=not args.no_manifest_check,
-        log_verbose=args.log_verbose,
-        log_file=args.log_file,
-        ready_timeout=args.ready_timeout,
-        server_args=server_args,
-    )
+    server = _triton_process(args)
     supervisor = Supervisor(
         server, probe_interval=args.probe_interval, health_host=args.host, health_port=args.health_port
     )
@@ -288,6 +318,50 @@ def run_serve(args: argparse.Namespace) -> int:
         stop.set()
 
     print(f"smr serve: starting tritonserver on {server.repository} ...", file=sys.stderr, flush=True)
+    failed = _start(supervisor)
+    if failed is not None:
+        return failed
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    stop_echo = threading.Event()
+    echo = None
+    try:
+        print(_banner(server, supervisor), flush=True)
+        if not args.quiet:
+            echo = _echo_log(server, stop_echo)
+        return _supervise(server, supervisor, stop, received)
+    finally:
+        stop_echo.set()
+        if echo is not None:
+            echo.join(timeout=1)
+        supervisor.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _triton_process(args: argparse.Namespace) -> TritonProcess:
+    """The (not yet started) server that ``smr serve``'s arguments describe."""
+    from smr.serving.launcher import TritonProcess
+
+    return TritonProcess(
+        args.repository,
+        host=args.host,
+        http=args.http,
+        grpc_port=args.grpc_port,
+        http_port=args.http_port,
+        metrics_port=args.metrics_port,
+        tritonserver=args.tritonserver,
+        check_manifest=not args.no_manifest_check,
+        log_verbose=args.log_verbose,
+        log_file=args.log_file,
+        ready_timeout=args.ready_timeout,
+        server_args=[a for a in args.server_args if a != "--"],
+    )
+
+
+def _start(supervisor: Supervisor) -> int | None:
+    """Start the supervised server: ``None`` once it serves, else the exit status (it is stopped)."""
+    from smr.serving.launcher import TritonError
+
     try:
         supervisor.start()
     except TritonError as exc:
@@ -297,50 +371,55 @@ def run_serve(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         supervisor.stop()
         return 130
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
-    stop_echo = threading.Event()
-    echo = None
+    return None
+
+
+def _banner(server: TritonProcess, supervisor: Supervisor) -> str:
+    """What ``smr serve`` prints once the server is ready: its endpoints, models and admin key."""
+    assert server.install is not None and server.info is not None
+    http = server.http_url or "off (serve it with --http)"
+    return (
+        f"SMR is serving '{server.model}' from {server.repository}\n"
+        f"  tritonserver  {server.install.executable} ({server.install.source}), pid {server.pid}\n"
+        f"  gRPC          {server.grpc_url}\n"
+        f"  HTTP          {http}\n"
+        f"  metrics       {server.metrics_url}\n"
+        f"  health        {supervisor.health_url}/ready (a real inference), /live, /metrics\n"
+        f"  admin key     {server.admin_key_file} (shared-memory, model-repository, logging and trace "
+        "APIs; new at every start)\n"
+        f"  models        {', '.join(f'{n} ({b})' for n, b in sorted(server.info.models.items()))}\n"
+        f"  max batch     {server.info.max_batch_size}\n"
+        "Ctrl+C or SIGTERM stops it."
+    )
+
+
+def _echo_log(server: TritonProcess, stop: threading.Event) -> threading.Thread | None:
+    """A thread echoing the server's log from now on until ``stop`` (``None``: it keeps no log file)."""
+    if server._log_path is None:
+        return None
+    echo = threading.Thread(
+        target=_follow, args=(server._log_path, stop, server._log_path.stat().st_size), daemon=True
+    )
+    echo.start()
+    return echo
+
+
+def _supervise(
+    server: TritonProcess, supervisor: Supervisor, stop: threading.Event, received: list[int]
+) -> int:
+    """Supervise until ``stop`` (a signal in ``received``), then stop the server: the exit status."""
+    from smr.serving.supervisor import SupervisorError
+
     try:
-        assert server.install is not None and server.info is not None
-        http = server.http_url or "off (serve it with --http)"
-        print(
-            f"SMR is serving '{server.model}' from {server.repository}\n"
-            f"  tritonserver  {server.install.executable} ({server.install.source}), pid {server.pid}\n"
-            f"  gRPC          {server.grpc_url}\n"
-            f"  HTTP          {http}\n"
-            f"  metrics       {server.metrics_url}\n"
-            f"  health        {supervisor.health_url}/ready (a real inference), /live, /metrics\n"
-            f"  admin key     {server.admin_key_file} (shared-memory, model-repository, logging and trace "
-            "APIs; new at every start)\n"
-            f"  models        {', '.join(f'{n} ({b})' for n, b in sorted(server.info.models.items()))}\n"
-            f"  max batch     {server.info.max_batch_size}\n"
-            "Ctrl+C or SIGTERM stops it.",
-            flush=True,
-        )
-        if not args.quiet and server._log_path is not None:
-            echo = threading.Thread(
-                target=_follow,
-                args=(server._log_path, stop_echo, server._log_path.stat().st_size),
-                daemon=True,
-            )
-            echo.start()
-        try:
-            supervisor.run(stop)
-        except SupervisorError as exc:
-            print(f"smr serve: error: {exc}", file=sys.stderr)
-            return 1
-        name = signal.Signals(received[0]).name if received else "stop"
-        print(f"smr serve: {name} received, stopping tritonserver ...", file=sys.stderr, flush=True)
-        code = server.stop()
-        print(f"smr serve: tritonserver stopped (exit code {code})", file=sys.stderr)
-        return 0
-    finally:
-        stop_echo.set()
-        if echo is not None:
-            echo.join(timeout=1)
-        supervisor.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        supervisor.run(stop)
+    except SupervisorError as exc:
+        print(f"smr serve: error: {exc}", file=sys.stderr)
+        return 1
+    name = signal.Signals(received[0]).name if received else "stop"
+    print(f"smr serve: {name} received, stopping tritonserver ...", file=sys.stderr, flush=True)
+    code = server.stop()
+    print(f"smr serve: tritonserver stopped (exit code {code})", file=sys.stderr)
+    return 0
 
 
 def run_probe(args: argparse.Namespace) -> int:

@@ -48,9 +48,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import shm
+from smr.core.contract import ENSEMBLE
 
-ENSEMBLE = "smr"
+from . import shm
+from .triton_messages import is_stub_unhealthy
+
 LOOPBACK = "127.0.0.1"
 DEFAULT_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
 MIB = 1 << 20
@@ -103,7 +105,7 @@ class ProbeError(TritonError):
     @property
     def stub_died(self) -> bool:
         """The python backend reports a dead stub process (the server never recovers by itself)."""
-        return "Stub process" in str(self) and "not healthy" in str(self)
+        return is_stub_unhealthy(str(self))
 
 
 # --------------------------------------------------------------------------------------------

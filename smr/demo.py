@@ -12,6 +12,8 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -58,16 +60,17 @@ class StepFailed(RuntimeError):
     """A step of the demo (an ``smr`` sub-command) ended with a non-zero exit status."""
 
 
-def _smr(argv: list[str]) -> None:
+def _smr(argv: Sequence[object]) -> None:
+    """Run ``smr ARGV`` (each item as its ``str``) in this process; :class:`StepFailed` if it fails."""
     from smr.cli import main
 
-    argv = [str(a) for a in argv]
+    words = [str(a) for a in argv]
     try:
-        code = main(argv)
+        code = main(words)
     except SystemExit as exc:  # the step printed its message (smr.cli.CommandExit)
         code = exc.code if isinstance(exc.code, int) else 1
     if code:
-        raise StepFailed(f"`smr {' '.join(argv)}` failed with exit status {code} (its message is above)")
+        raise StepFailed(f"`smr {' '.join(words)}` failed with exit status {code} (its message is above)")
 
 
 def _reusable(out: Path, step: str, settings: dict, complete: bool) -> bool:
@@ -114,22 +117,59 @@ def run(args: argparse.Namespace) -> int:
         return 1
 
 
-def _run(args: argparse.Namespace) -> int:
-    out = Path(args.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    data, run_dir, repo, slide_dir, scored = (
-        out / "synthetic",
-        out / "run",
-        out / "model_repository",
-        out / "slide",
-        out / "scored",
-    )
-    started = time.perf_counter()
+@dataclass(frozen=True)
+class _Paths:
+    """Where each step of a demo in ``out`` writes."""
 
-    synth = {"cells": args.cells, "size": args.image_size, "seed": args.seed}
-    training = {**synth, "epochs": args.epochs, "alpha": args.alpha, "warmup": args.warmup_epochs}
+    out: Path
+
+    @property
+    def data(self) -> Path:
+        return self.out / "synthetic"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.out / "run"
+
+    @property
+    def repo(self) -> Path:
+        return self.out / "model_repository"
+
+    @property
+    def slide_dir(self) -> Path:
+        return self.out / "slide"
+
+    @property
+    def scored(self) -> Path:
+        return self.out / "scored"
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The five steps in order; each reuses a complete output made with the same settings."""
+    paths = _Paths(Path(args.out).resolve())
+    paths.out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    _synth_step(args, paths)
+    _train_step(args, paths)
+    _export_step(paths)
+    _slide_step(args, paths)
+    _score_step(paths)
+    print("\n(the 'reference' columns above are the slide's ground truth)")
+    print(f"report: {paths.scored / 'report.html'}")
+    print(f"demo finished in {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+def _synth_settings(args: argparse.Namespace) -> dict:
+    """The options that make the synthetic patches (and so everything trained on them)."""
+    return {"cells": args.cells, "size": args.image_size, "seed": args.seed}
+
+
+def _synth_step(args: argparse.Namespace, paths: _Paths) -> None:
+    """1/5: the synthetic patch data set."""
+    data, synth = paths.data, _synth_settings(args)
     t0 = _step(f"1/5 synthetic marrow: {args.cells} patches of {args.image_size} px -> {data}")
-    if args.fresh or not _reusable(out, "synth", synth, _patches_complete(data)):
+    if args.fresh or not _reusable(paths.out, "synth", synth, _patches_complete(data)):
         _smr(
             [
                 "synth",
@@ -143,78 +183,68 @@ def _run(args: argparse.Namespace) -> int:
                 "--overwrite",
             ]
         )
-        _record(out, "synth", synth)
+        _record(paths.out, "synth", synth)
     _done(t0, "patches ready")
 
+
+def _train_step(args: argparse.Namespace, paths: _Paths) -> None:
+    """2/5: a short SMR training run (linear curves, uniform targets, the normal SMR loss)."""
+    run_dir = paths.run_dir
+    training = {
+        **_synth_settings(args),
+        "epochs": args.epochs,
+        "alpha": args.alpha,
+        "warmup": args.warmup_epochs,
+    }
     t0 = _step(
         f"2/5 training SMR (linear/uniform/normal, alpha {args.alpha}, "
         f"{args.warmup_epochs} warm-up epochs) -> {run_dir}"
     )
-    if args.fresh or not _reusable(out, "train", training, _run_complete(run_dir)):
+    if args.fresh or not _reusable(paths.out, "train", training, _run_complete(run_dir)):
         _smr(
-            [
-                "train",
-                data,
-                "--out",
-                run_dir,
-                "--overwrite",
-                "--image-size",
-                args.image_size,
-                "--epochs",
-                args.epochs,
-                "--loss",
-                "normal",
-                "--curve",
-                "linear",
-                "--targets",
-                "uniform",
-                "--alpha",
-                args.alpha,
-                "--smr-warmup-epochs",
-                args.warmup_epochs,
-                "--seed",
-                args.seed,
-                "--no-progress",
-            ]
+            ["train", paths.data, "--out", run_dir, "--overwrite", "--image-size", args.image_size]
+            + ["--epochs", args.epochs, "--loss", "normal", "--curve", "linear", "--targets", "uniform"]
+            + ["--alpha", args.alpha, "--smr-warmup-epochs", args.warmup_epochs, "--seed", args.seed]
+            + ["--no-progress"]
         )
-        _record(out, "train", training)
+        _record(paths.out, "train", training)
     _done(t0, "run directory written")
 
-    t0 = _step(f"3/5 export to a Triton model repository -> {repo}")
-    _smr(["export", run_dir, "--repository", repo, "--runtime", "python"])
+
+def _export_step(paths: _Paths) -> None:
+    """3/5: the Triton model repository (always exported again: quick, and checked on the way)."""
+    t0 = _step(f"3/5 export to a Triton model repository -> {paths.repo}")
+    _smr(["export", paths.run_dir, "--repository", paths.repo, "--runtime", "python"])
     _done(t0, "repository exported and checked")
 
+
+def _slide_step(args: argparse.Namespace, paths: _Paths) -> None:
+    """4/5: a synthetic whole slide with its detections."""
+    slide_dir = paths.slide_dir
     t0 = _step(f"4/5 synthetic slide with {args.slide_cells} cells -> {slide_dir}")
     slide = {"cells": args.slide_cells, "seed": args.seed + 1}
-    if args.fresh or not _reusable(out, "slide", slide, (slide_dir / "detections.csv").is_file()):
+    if args.fresh or not _reusable(paths.out, "slide", slide, (slide_dir / "detections.csv").is_file()):
         _smr(["synth-slide", slide_dir, "--cells", args.slide_cells, "--seed", args.seed + 1, "--overwrite"])
-        _record(out, "slide", slide)
+        _record(paths.out, "slide", slide)
     _done(t0, "slide and detections written")
 
+
+def _score_step(paths: _Paths) -> None:
+    """5/5: serve the repository with a local Triton and score the slide over gRPC."""
     t0 = _step("5/5 serving with a local Triton and scoring the slide over gRPC")
     from smr.serving.launcher import TritonProcess
 
     # no --mpp: score-slide crops at the scale the model was trained at (the ensemble states it,
     # from the data set's lineages.toml) and reads the slide's own resolution from the TIFF
-    with TritonProcess(repo) as server:
+    with TritonProcess(paths.repo) as server:
         print(f"   tritonserver ready: gRPC {server.grpc_url}, metrics {server.metrics_url}")
         _smr(
             [
                 "score-slide",
-                slide_dir / "slide.tiff",
+                paths.slide_dir / "slide.tiff",
                 "--detections",
-                slide_dir / "detections.csv",
-                "--url",
-                server.grpc_url,
-                "--out",
-                scored,
-                "--overwrite",
-                "--no-progress",
+                paths.slide_dir / "detections.csv",
             ]
+            + ["--url", server.grpc_url, "--out", paths.scored, "--overwrite", "--no-progress"]
         )
     _done(t0, "slide scored")
-
-    print("\n(the 'reference' columns above are the slide's ground truth)")
-    print(f"report: {scored / 'report.html'}")
-    print(f"demo finished in {time.perf_counter() - started:.0f} s")
-    return 0

@@ -148,10 +148,7 @@ _OPTIONS: list[tuple[str, str, dict[str, Any], str]] = [
 _SWITCHES = [
     ("rotation", "--no-rotation", "no random rotation"),
     ("flips", "--no-flips", "no random flips"),
-]
-# (field, flag, help) of switches that turn an off-by-default option on
-_ON_SWITCHES = [
-    ("channels_last", "--channels-last", "NHWC (channels-last) tensors for the network"),
+    ("channels_last", "--no-channels-last", "NCHW instead of channels-last (NHWC) tensors"),
 ]
 
 
@@ -174,9 +171,6 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, exclude: Iterable[s
     for name, flag, text in _SWITCHES:
         if name not in skip:
             group.add_argument(flag, dest=name, action="store_false", default=argparse.SUPPRESS, help=text)
-    for name, flag, text in _ON_SWITCHES:
-        if name not in skip:
-            group.add_argument(flag, dest=name, action="store_true", default=argparse.SUPPRESS, help=text)
 
 
 def config_from_args(args: argparse.Namespace, **overrides: Any) -> TrainConfig:
@@ -192,7 +186,7 @@ def config_from_args(args: argparse.Namespace, **overrides: Any) -> TrainConfig:
         except (OSError, json.JSONDecodeError) as exc:
             raise ConfigError(f"cannot read --config {path}: {exc}") from exc
         values.update(doc.get("config", doc) if isinstance(doc, dict) else {})
-    names = {name for name, *_ in _OPTIONS + _SWITCHES + _ON_SWITCHES}
+    names = {name for name, *_ in _OPTIONS + _SWITCHES}
     values.update({k: v for k, v in vars(args).items() if k in names})
     values.update(overrides)
     try:
@@ -248,6 +242,14 @@ Multi-process (DDP): torchrun --nproc_per_node=2 -m smr.train DATA --out RUN [op
 
 
 def add_parsers(subparsers: Any) -> None:
+    """Add ``smr train``, ``smr evaluate`` and ``smr cv`` to the ``smr`` command's sub-parsers."""
+    _add_train_parser(subparsers)
+    _add_evaluate_parser(subparsers)
+    _add_cv_parser(subparsers)
+
+
+def _add_train_parser(subparsers: Any) -> None:
+    """``smr train DATA --out RUN [hyper-parameters]``."""
     train = subparsers.add_parser(
         "train",
         help="train an SMR model into a run directory",
@@ -257,6 +259,9 @@ def add_parsers(subparsers: Any) -> None:
     _add_train_arguments(train)
     train.set_defaults(func=train_command)
 
+
+def _add_evaluate_parser(subparsers: Any) -> None:
+    """``smr evaluate RUN DATA``: scores, figures, a comparison run."""
     ev = subparsers.add_parser(
         "evaluate",
         help="score a trained run on a data set (F1, confusion matrix, maturity correlation)",
@@ -293,6 +298,9 @@ def add_parsers(subparsers: Any) -> None:
     ev.add_argument("--no-progress", action="store_true", help="no progress bars")
     ev.set_defaults(func=evaluate_command)
 
+
+def _add_cv_parser(subparsers: Any) -> None:
+    """``smr cv DATA --out DIR``: cross-validation over a grid of variants."""
     cv = subparsers.add_parser(
         "cv",
         help="stratified K-fold cross-validation over loss/curve/target variants",
@@ -413,22 +421,27 @@ def evaluate_command(args: argparse.Namespace) -> int:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result.report, indent=2) + "\n")
     if args.figures:
-        from .figures import confusion_figure, nearest_patches_figure, positions_figure
-
-        folder = Path(args.figures)
-        folder.mkdir(parents=True, exist_ok=True)
-        panels = [(trained, result)]
-        if other is not None:
-            panels.insert(
-                0, (other, evaluate_run(other, dataset, batch_size=args.batch_size, progress=progress))
-            )
-        written = [
-            positions_figure(panels, folder / "curve_positions.png"),
-            nearest_patches_figure(trained, result, folder / "nearest_patches.png"),
-            confusion_figure(result.report, folder / "confusion_matrix.png"),
-        ]
-        print("figures: " + ", ".join(str(p) for p in written), file=sys.stderr)
+        _write_figures(Path(args.figures), trained, result, other, dataset, args.batch_size, progress)
     return 0
+
+
+def _write_figures(
+    folder: Path, trained: Any, result: Any, other: Any, dataset: Any, batch_size: int, progress: bool
+) -> None:
+    """``smr evaluate --figures``: curve positions (beside ``other``'s), nearest patches, confusion."""
+    from .evaluate import evaluate_run
+    from .figures import confusion_figure, nearest_patches_figure, positions_figure
+
+    folder.mkdir(parents=True, exist_ok=True)
+    panels = [(trained, result)]
+    if other is not None:
+        panels.insert(0, (other, evaluate_run(other, dataset, batch_size=batch_size, progress=progress)))
+    written = [
+        positions_figure(panels, folder / "curve_positions.png"),
+        nearest_patches_figure(trained, result, folder / "nearest_patches.png"),
+        confusion_figure(result.report, folder / "confusion_matrix.png"),
+    ]
+    print("figures: " + ", ".join(str(p) for p in written), file=sys.stderr)
 
 
 def cv_command(args: argparse.Namespace) -> int:
@@ -436,7 +449,7 @@ def cv_command(args: argparse.Namespace) -> int:
     from smr.core.lineages import SpecError
     from smr.data.folder import DatasetError, resolve_spec
 
-    from .cv import CVError, check_settings, collect, expand_grid, plan, run_jobs, write_tables
+    from .cv import CVError, check_settings, expand_grid, plan, run_jobs
     from .rundir import is_complete
 
     with _errors_of("cv", ValueError):
@@ -462,16 +475,8 @@ def cv_command(args: argparse.Namespace) -> int:
             print(f"{'done ' if j not in todo else 'todo '} {j.name:<40} {j.run_dir}")
         return 0
     out.mkdir(parents=True, exist_ok=True)
-    settings = {
-        "data": str(Path(args.data).resolve()),
-        "folds": args.folds,
-        "base_config": {
-            k: v for k, v in base.to_dict().items() if k not in ("loss", "curve", "targets", "fold")
-        },
-        "grid": [v.name for v in variants],
-    }
     with _errors_of("cv", CVError):
-        check_settings(out, settings)
+        check_settings(out, _cv_settings(args, base, variants))
     failures = run_jobs(
         todo,
         args.data,
@@ -482,13 +487,31 @@ def cv_command(args: argparse.Namespace) -> int:
         threads=args.threads,
         progress=not args.no_progress,
     )
-    lineages = [lin.name for lin in spec.lineages]
-    rows = collect(out, variants, args.folds, lineages)
-    written = write_tables(out, rows, lineages, args.folds)
-    print((out / "cv_results.md").read_text())
-    print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)
+    _report_cv(out, variants, args.folds, [lin.name for lin in spec.lineages])
     if failures:
         for job, why in failures:
             print(f"smr cv: {job.name} failed: {why}", file=sys.stderr)
         return 1
     return 0
+
+
+def _cv_settings(args: argparse.Namespace, base: TrainConfig, variants: Any) -> dict[str, Any]:
+    """What a cv folder is made with (``cv.json``): a later cv there must use the same."""
+    return {
+        "data": str(Path(args.data).resolve()),
+        "folds": args.folds,
+        "base_config": {
+            k: v for k, v in base.to_dict().items() if k not in ("loss", "curve", "targets", "fold")
+        },
+        "grid": [v.name for v in variants],
+    }
+
+
+def _report_cv(out: Path, variants: Any, folds: int, lineages: list[str]) -> None:
+    """Tabulate the complete runs in ``out``: print the table, write it (and its chart) to ``out``."""
+    from .cv import collect, write_tables
+
+    rows = collect(out, variants, folds, lineages)
+    written = write_tables(out, rows, lineages, folds)
+    print((out / "cv_results.md").read_text())
+    print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)

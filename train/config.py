@@ -26,28 +26,49 @@ __all__ = [
     "default_alpha",
 ]
 
-LOSSES = ("tml", "normal", "projected", "dimred", "projected+dimred")  # smr.train.losses.LOSSES
+# The loss variants and triplet miners; smr.train.losses uses these (as LOSSES, TRIPLET_MINERS).
+LOSSES = ("tml", "normal", "projected", "dimred", "projected+dimred")
 CURVES = ("fixed", "linear", "bezier")
 TARGETS = ("uniform", "frequency")
-MINERS = ("all", "semihard", "hard", "batch_hard")  # smr.train.losses.TRIPLET_MINERS
+MINERS = ("all", "semihard", "hard", "batch_hard")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 DEVICES = ("auto", "cpu", "cuda")
 SCHEDULES = ("cosine", "constant")
 PRECISIONS = ("auto", "fp32", "bf16")
+# the fields that name one option, in the order validate() checks them
+_CHOICES = (
+    ("loss", LOSSES),
+    ("curve", CURVES),
+    ("targets", TARGETS),
+    ("miner", MINERS),
+    ("optimizer", OPTIMIZERS),
+    ("device", DEVICES),
+    ("schedule", SCHEDULES),
+    ("precision", PRECISIONS),
+)
 
 
 class ConfigError(ValueError):
     """A hyper-parameter outside its valid range or choices."""
 
 
+def _check(ok: bool, message: str) -> None:
+    """Raise :class:`ConfigError` with ``message`` unless ``ok``."""
+    if not ok:
+        raise ConfigError(message)
+
+
 def default_alpha(loss: str) -> float:
     """The paper's weight of the SMR term: 0.2, and 0.6 for the t-SNE (dimred) variants; 0 for TML.
 
-    Equal to ``smr.train.losses.default_alpha`` (kept here so that this module imports no torch).
+    The one definition (:mod:`smr.train.losses` imports it; this module imports no torch). Raises
+    ``ValueError`` for a loss outside :data:`LOSSES`.
     """
+    if loss not in LOSSES:
+        raise ValueError(f"unknown loss {loss!r}; valid choices: {', '.join(LOSSES)}")
     if loss == "tml":
         return 0.0
-    return 0.6 if "dimred" in loss else 0.2
+    return 0.6 if loss.endswith("dimred") else 0.2
 
 
 @dataclass
@@ -57,8 +78,9 @@ class TrainConfig:
     # --- loss ---------------------------------------------------------------------------------
     # "tml": triplet margin loss only (the paper's baseline); the others add the SMR term for
     # samples of lineage classes: "normal" (Eq. 3), "projected" (Eq. 4), "dimred" (Eq. 5, in a
-    # parametric t-SNE space) and "projected+dimred".
-    loss: str = "normal"
+    # parametric t-SNE space) and "projected+dimred". "projected" had the highest macro F1 of
+    # the SMR variants in the 3-fold cross-validation on PBC (docs/training.md).
+    loss: str = "projected"
     # curve model per lineage, refitted every epoch: "fixed" direction, "linear" (SVD), "bezier".
     curve: str = "linear"
     # regression targets along the curve: "uniform" (Eq. 1) or "frequency" (Eq. 2 on log counts).
@@ -96,10 +118,10 @@ class TrainConfig:
     weights: str | None = None
 
     # --- images -------------------------------------------------------------------------------
-    # network input size in px (paper: 224). 96 keeps a 2-core CPU run of a few thousand cells
-    # within 90 minutes; a 360 px PBC crop resized to 96 px still shows the nucleus's shape
-    # (see docs/training.md for 96 vs 128).
-    image_size: int = 96
+    # network input size in px (paper: 224). 128 keeps a 2-core CPU run of a few thousand cells
+    # within 90 minutes (bf16, channels-last) and shows more of the nuclear lobes and
+    # indentations that separate the neutrophil stages than 96 (docs/training.md, 96 vs 128).
+    image_size: int = 128
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # ImageNet normalisation (RGB)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     # random resized crop scale range: mild, cells fill most of a patch and must stay whole.
@@ -127,13 +149,14 @@ class TrainConfig:
     # "auto": bf16 autocast where the hardware has a bf16 path (AVX-512 BF16 / AMX, CUDA 8.0+),
     # else fp32; "fp32"; "bf16". Weights, optimiser and evaluation embeddings stay fp32.
     precision: str = "auto"
-    channels_last: bool = False  # NHWC tensors (measurements disagree so far; BENCHMARKS.md, "Training")
+    # NHWC tensors: 1.33x the images/s of NCHW with bf16 on this project's CPUs (BENCHMARKS.md, "Training").
+    channels_last: bool = True
     batch_size: int = 64  # images per batch (per process under DDP)
     # class-balanced sampling: each batch holds this many images of each class it draws, so the
     # triplet miner always finds positives (pml MPerClassSampler).
     samples_per_class: int = 8
-    # epochs; the learning-rate schedule spans them all. 30 at 96 px keep a 3,500-image run near
-    # an hour on a 2-core CPU with bf16.
+    # epochs; the learning-rate schedule spans them all. 30 at 128 px keep a 3,500-image run
+    # near 70 minutes on a 2-core CPU with bf16 and channels-last.
     epochs: int = 30
     patience: int = 50  # epochs without validation macro-F1 improvement before stopping (paper: 50)
     seed: int = 0  # seeds python, numpy, torch, the split, the sampler and the augmentation
@@ -175,75 +198,82 @@ class TrainConfig:
 
     def validate(self) -> TrainConfig:
         """Raise ``ConfigError`` naming the first bad field and its valid choices; return self."""
+        self._check_choices()
+        self._check_loss()
+        self._check_network()
+        self._check_optimisation()
+        self._check_evaluation()
+        for name in ("lr", "weight_decay", "margin", "dropout", "val_fraction", "min_lr_ratio", "ema_decay"):
+            _check(math.isfinite(getattr(self, name)), f"{name} must be finite")
+        return self
 
-        def choice(name: str, options: tuple[str, ...]) -> None:
+    def _check_choices(self) -> None:
+        """The fields that name one of a few options."""
+        for name, options in _CHOICES:
             value = getattr(self, name)
             if value not in options:
                 raise ConfigError(f"{name}={value!r} is not valid; choose one of: {', '.join(options)}")
 
-        choice("loss", LOSSES)
-        choice("curve", CURVES)
-        choice("targets", TARGETS)
-        choice("miner", MINERS)
-        choice("optimizer", OPTIMIZERS)
-        choice("device", DEVICES)
-        choice("schedule", SCHEDULES)
-        choice("precision", PRECISIONS)
-
-        def check(ok: bool, message: str) -> None:
-            if not ok:
-                raise ConfigError(message)
-
-        check(self.alpha is None or 0.0 <= self.alpha <= 1.0, f"alpha={self.alpha} must lie in [0, 1]")
-        check(self.margin > 0, f"margin={self.margin} must be > 0")
-        check(self.fixed_length > 0, f"fixed_length={self.fixed_length} must be > 0")
-        check(self.tsne_perplexity > 1, f"tsne_perplexity={self.tsne_perplexity} must be > 1")
-        check(
+    def _check_loss(self) -> None:
+        """SMR weight, triplet margin, curve length and the t-SNE map."""
+        _check(self.alpha is None or 0.0 <= self.alpha <= 1.0, f"alpha={self.alpha} must lie in [0, 1]")
+        _check(self.margin > 0, f"margin={self.margin} must be > 0")
+        _check(self.fixed_length > 0, f"fixed_length={self.fixed_length} must be > 0")
+        _check(self.tsne_perplexity > 1, f"tsne_perplexity={self.tsne_perplexity} must be > 1")
+        _check(
             len(self.tsne_hidden) > 0 and all(int(h) >= 2 for h in self.tsne_hidden),
             f"tsne_hidden={self.tsne_hidden} must be one or more layer widths >= 2",
         )
-        check(self.tsne_lr > 0, f"tsne_lr={self.tsne_lr} must be > 0")
-        check(self.smr_warmup_epochs >= 0, f"smr_warmup_epochs={self.smr_warmup_epochs} must be >= 0")
-        check(self.tsne_warmup_epochs >= 0, f"tsne_warmup_epochs={self.tsne_warmup_epochs} must be >= 0")
-        check(self.embedding_dim >= 2, f"embedding_dim={self.embedding_dim} must be >= 2")
-        check(0.0 <= self.dropout < 1.0, f"dropout={self.dropout} must lie in [0, 1)")
-        check(self.image_size >= 32, f"image_size={self.image_size} must be >= 32 (DenseNet downsamples 32x)")
-        check(len(self.mean) == 3 and len(self.std) == 3, "mean and std need 3 values (R, G, B)")
-        check(all(s > 0 for s in self.std), f"std={self.std} must be positive")
-        check(0 <= self.stain_jitter < 1, f"stain_jitter={self.stain_jitter} must lie in [0, 1)")
+        _check(self.tsne_lr > 0, f"tsne_lr={self.tsne_lr} must be > 0")
+        _check(self.smr_warmup_epochs >= 0, f"smr_warmup_epochs={self.smr_warmup_epochs} must be >= 0")
+        _check(self.tsne_warmup_epochs >= 0, f"tsne_warmup_epochs={self.tsne_warmup_epochs} must be >= 0")
+
+    def _check_network(self) -> None:
+        """Embedding, dropout, input size, normalisation and augmentation."""
+        _check(self.embedding_dim >= 2, f"embedding_dim={self.embedding_dim} must be >= 2")
+        _check(0.0 <= self.dropout < 1.0, f"dropout={self.dropout} must lie in [0, 1)")
+        _check(
+            self.image_size >= 32, f"image_size={self.image_size} must be >= 32 (DenseNet downsamples 32x)"
+        )
+        _check(len(self.mean) == 3 and len(self.std) == 3, "mean and std need 3 values (R, G, B)")
+        _check(all(s > 0 for s in self.std), f"std={self.std} must be positive")
+        _check(0 <= self.stain_jitter < 1, f"stain_jitter={self.stain_jitter} must lie in [0, 1)")
         lo, hi = self.crop_scale
-        check(0 < lo <= hi <= 1, f"crop_scale={self.crop_scale} must satisfy 0 < min <= max <= 1")
-        check(self.lr > 0, f"lr={self.lr} must be > 0")
-        check(self.weight_decay >= 0, f"weight_decay={self.weight_decay} must be >= 0")
-        check(self.lr_warmup_epochs >= 0, f"lr_warmup_epochs={self.lr_warmup_epochs} must be >= 0")
-        check(0.0 <= self.min_lr_ratio <= 1.0, f"min_lr_ratio={self.min_lr_ratio} must lie in [0, 1]")
-        check(0.0 <= self.ema_decay < 1.0, f"ema_decay={self.ema_decay} must lie in [0, 1) (0: no EMA)")
-        check(self.samples_per_class >= 2, f"samples_per_class={self.samples_per_class} must be >= 2")
-        check(
+        _check(0 < lo <= hi <= 1, f"crop_scale={self.crop_scale} must satisfy 0 < min <= max <= 1")
+
+    def _check_optimisation(self) -> None:
+        """Learning rate and its schedule, EMA, batches, epochs and loader workers."""
+        _check(self.lr > 0, f"lr={self.lr} must be > 0")
+        _check(self.weight_decay >= 0, f"weight_decay={self.weight_decay} must be >= 0")
+        _check(self.lr_warmup_epochs >= 0, f"lr_warmup_epochs={self.lr_warmup_epochs} must be >= 0")
+        _check(0.0 <= self.min_lr_ratio <= 1.0, f"min_lr_ratio={self.min_lr_ratio} must lie in [0, 1]")
+        _check(0.0 <= self.ema_decay < 1.0, f"ema_decay={self.ema_decay} must lie in [0, 1) (0: no EMA)")
+        _check(self.samples_per_class >= 2, f"samples_per_class={self.samples_per_class} must be >= 2")
+        _check(
             self.batch_size >= 2 * self.samples_per_class and self.batch_size % self.samples_per_class == 0,
             f"batch_size={self.batch_size} must be a multiple of samples_per_class={self.samples_per_class} "
             "holding at least two classes",
         )
-        check(self.epochs >= 1, f"epochs={self.epochs} must be >= 1")
-        check(self.patience >= 1, f"patience={self.patience} must be >= 1")
-        check(self.workers >= 0, f"workers={self.workers} must be >= 0")
-        check(self.eval_batch_size >= 1, f"eval_batch_size={self.eval_batch_size} must be >= 1")
-        check(len(self.svm_c) > 0 and all(c > 0 for c in self.svm_c), f"svm_c={self.svm_c} must be positive")
-        check(
+        _check(self.epochs >= 1, f"epochs={self.epochs} must be >= 1")
+        _check(self.patience >= 1, f"patience={self.patience} must be >= 1")
+        _check(self.workers >= 0, f"workers={self.workers} must be >= 0")
+
+    def _check_evaluation(self) -> None:
+        """Embedding batches, the SVM grid and the validation split."""
+        _check(self.eval_batch_size >= 1, f"eval_batch_size={self.eval_batch_size} must be >= 1")
+        _check(len(self.svm_c) > 0 and all(c > 0 for c in self.svm_c), f"svm_c={self.svm_c} must be positive")
+        _check(
             len(self.svm_gamma) > 0
             and all(
                 g in ("scale", "auto") or (isinstance(g, (int, float)) and g > 0) for g in self.svm_gamma
             ),
             f"svm_gamma={self.svm_gamma} must hold positive numbers, 'scale' or 'auto'",
         )
-        check(self.svm_cv >= 2, f"svm_cv={self.svm_cv} must be >= 2")
-        check(0.0 < self.val_fraction < 1.0, f"val_fraction={self.val_fraction} must lie in (0, 1)")
+        _check(self.svm_cv >= 2, f"svm_cv={self.svm_cv} must be >= 2")
+        _check(0.0 < self.val_fraction < 1.0, f"val_fraction={self.val_fraction} must lie in (0, 1)")
         if self.folds is not None:
-            check(self.folds >= 2, f"folds={self.folds} must be >= 2")
-            check(0 <= self.fold < self.folds, f"fold={self.fold} must lie in [0, folds={self.folds})")
-        for name in ("lr", "weight_decay", "margin", "dropout", "val_fraction", "min_lr_ratio", "ema_decay"):
-            check(math.isfinite(getattr(self, name)), f"{name} must be finite")
-        return self
+            _check(self.folds >= 2, f"folds={self.folds} must be >= 2")
+            _check(0 <= self.fold < self.folds, f"fold={self.fold} must lie in [0, folds={self.folds})")
 
     # --- JSON ---------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -264,31 +264,10 @@ def train_one_epoch(
             images, labels, _ = next(batches)
         except StopIteration:
             break
-        if augment is not None:
-            images = augment(images)
-        x = normalize(images, config.mean, config.std, device)
-        if config.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        y = labels.to(device)
+        x, y = _batch_inputs(images, labels, augment, config, device)
         t1 = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            embeddings = model(x)
-        total, terms = criterion(embeddings.float(), y)
-        if not torch.isfinite(total):
-            raise TrainError(f"epoch {epoch}: the loss became {float(total)}; lower --lr")
-        optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        if env.distributed and crit_params:  # the t-SNE map is not inside DDP: average its gradients
-            for p in crit_params:
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-                dist.all_reduce(p.grad)
-                p.grad /= env.world_size
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-        if ema is not None:
-            ema.update_parameters(getattr(model, "module", model))
+        total, terms = _forward_loss(model, criterion, x, y, device=device, precision=precision, epoch=epoch)
+        _optimizer_step(total, model, optimizer, crit_params, env=env, scheduler=scheduler, ema=ema)
         t2 = time.perf_counter()
         data_seconds += t1 - t0
         step_seconds += t2 - t1
@@ -297,14 +276,80 @@ def train_one_epoch(
         for k, v in terms.items():
             sums[k] = sums.get(k, 0.0) + float(v) * n
         bar.set_postfix(loss=f"{sums['total'] / seen:.4f}")
+    out = _mean_terms(sums, seen, env)
+    out["data_seconds"] = round(data_seconds, 3)
+    out["step_seconds"] = round(step_seconds, 3)
+    return out
+
+
+def _batch_inputs(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    augment: Callable[[torch.Tensor], torch.Tensor] | None,
+    config: TrainConfig,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch of uint8 images as the network's input (augmented, normalised) and its labels."""
+    if augment is not None:
+        images = augment(images)
+    x = normalize(images, config.mean, config.std, device)
+    if config.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, labels.to(device)
+
+
+def _forward_loss(
+    model: nn.Module,
+    criterion: SMRCriterion,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    device: torch.device,
+    precision: str,
+    epoch: int,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Forward pass (bf16 autocast with ``precision="bf16"``) and the loss on fp32 embeddings."""
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        embeddings = model(x)
+    total, terms = criterion(embeddings.float(), y)
+    if not torch.isfinite(total):
+        raise TrainError(f"epoch {epoch}: the loss became {float(total)}; lower --lr")
+    return total, terms
+
+
+def _optimizer_step(
+    total: torch.Tensor,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    crit_params: Sequence[torch.Tensor],
+    *,
+    env: DistEnv,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    ema: AveragedModel | None,
+) -> None:
+    """Backward, the optimiser step, then the ``scheduler`` step and the ``ema`` update."""
+    optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    if env.distributed and crit_params:  # the t-SNE map is not inside DDP: average its gradients
+        for p in crit_params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            dist.all_reduce(p.grad)
+            p.grad /= env.world_size
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    if ema is not None:
+        ema.update_parameters(getattr(model, "module", model))
+
+
+def _mean_terms(sums: dict[str, float], seen: int, env: DistEnv) -> dict[str, float]:
+    """Sample-weighted mean of each loss term over the epoch (over all processes under DDP)."""
     names = [k for k in TERM_NAMES if k in sums] + sorted(k for k in sums if k not in TERM_NAMES)
     stats = torch.tensor([seen] + [sums[k] for k in names], dtype=torch.float64)
     if env.distributed:
         dist.all_reduce(stats)
-    out = {k: float(stats[i + 1] / stats[0]) for i, k in enumerate(names)}
-    out["data_seconds"] = round(data_seconds, 3)
-    out["step_seconds"] = round(step_seconds, 3)
-    return out
+    return {k: float(stats[i + 1] / stats[0]) for i, k in enumerate(names)}
 
 
 def evaluate(
@@ -487,19 +532,26 @@ def _start_run_dir(
         dist.broadcast_object_list(shared, src=0)
         checkpoint = shared[0]
     if env.is_main and not resume:
-        train_idx, val_idx = split
-        rundir.write_config(out, config, dataset.spec, dataset)
-        rel = [p.relative_to(dataset.root).as_posix() for p in dataset.paths]
-        rundir.write_split(
-            out,
-            [rel[i] for i in train_idx],
-            [rel[i] for i in val_idx],
-            seed=config.seed,
-            fold=config.fold if config.folds else None,
-            folds=config.folds,
-            data=str(Path(dataset.root).resolve()),
-        )
+        _write_run_start(out, config, dataset, split)
     return checkpoint
+
+
+def _write_run_start(
+    out: Path, config: TrainConfig, dataset: Any, split: tuple[np.ndarray, np.ndarray]
+) -> None:
+    """A new run's ``config.json`` (without a result yet) and ``split.json``."""
+    train_idx, val_idx = split
+    rundir.write_config(out, config, dataset.spec, dataset)
+    rel = [p.relative_to(dataset.root).as_posix() for p in dataset.paths]
+    rundir.write_split(
+        out,
+        [rel[i] for i in train_idx],
+        [rel[i] for i in val_idx],
+        seed=config.seed,
+        fold=config.fold if config.folds else None,
+        folds=config.folds,
+        data=str(Path(dataset.root).resolve()),
+    )
 
 
 def _build_model(config: TrainConfig, device: torch.device) -> tuple[nn.Module, SMRCriterion]:
@@ -578,6 +630,447 @@ def _restore_rng(state: dict[str, Any], augment_generator: torch.Generator) -> N
 
 
 # ----------------------------------------------------------------------------------------------
+# a whole run: its parts
+
+
+@dataclass
+class _RunData:
+    """The data of a run: the scanned data set, its split and the decoded images of both sides."""
+
+    dataset: Any  # smr.data.folder.FolderDataset
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    train_images: np.ndarray
+    val_images: np.ndarray
+    y_train: np.ndarray = field(init=False)
+    y_val: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.y_train = self.dataset.labels[self.train_idx]
+        self.y_val = self.dataset.labels[self.val_idx]
+
+    @property
+    def spec(self) -> LineageSpec:
+        return self.dataset.spec
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.dataset.spec.classes)
+
+
+@dataclass
+class _Parts:
+    """What trains: the network (and its DDP wrapper), loss, optimiser, schedule, EMA, batches."""
+
+    model: nn.Module
+    train_model: nn.Module  # ``model``, or its DDP wrapper
+    criterion: SMRCriterion
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    ema: AveragedModel | None
+    sampler: ClassBalancedBatchSampler
+    loader: DataLoader
+    loader_generator: torch.Generator
+    augment: BatchAugment
+    augment_generator: torch.Generator
+
+    @property
+    def eval_net(self) -> nn.Module:
+        """The network that is evaluated and saved: the EMA average, else the trained one."""
+        return self.ema.module if self.ema is not None else self.model
+
+
+@dataclass
+class _Best:
+    """The best epoch so far (by validation macro F1) and the epochs since it."""
+
+    f1: float = -math.inf
+    epoch: int = 0
+    since_best: int = 0
+    spearman: dict[str, float | None] = field(default_factory=dict)
+    detail: dict[str, Any] = field(default_factory=lambda: {"per_class_f1": {}, "mean_position": {}})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "f1": self.f1,
+            "epoch": self.epoch,
+            "since_best": self.since_best,
+            "spearman": self.spearman,
+            "detail": self.detail,
+        }
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> _Best:
+        return cls(doc["f1"], doc["epoch"], doc["since_best"], doc["spearman"], doc["detail"])
+
+
+@dataclass
+class _Run:
+    """Everything an epoch needs: settings, process, data, parts, outputs, and the best so far."""
+
+    config: TrainConfig
+    device: torch.device
+    env: DistEnv
+    precision: str
+    out: Path
+    progress: bool
+    data: _RunData
+    parts: _Parts
+    metrics: rundir.MetricsWriter | None  # rank 0 only
+    on_epoch_end: Callable[[EpochState], None] | None
+    best: _Best = field(default_factory=_Best)
+
+    def embed(self, images: np.ndarray, desc: str) -> np.ndarray:
+        """Embeddings of ``images`` by the evaluated network (sharded and gathered under DDP)."""
+        return compute_embeddings(
+            self.parts.eval_net,
+            images,
+            mean=self.config.mean,
+            std=self.config.std,
+            device=self.device,
+            batch_size=self.config.eval_batch_size,
+            env=self.env,
+            progress=self.progress,
+            desc=desc,
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# a whole run: setup
+
+
+def _init_process(config: TrainConfig) -> tuple[torch.device, DistEnv]:
+    """This process's device, and its place in the process group under ``torchrun``."""
+    device = select_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
+    env = init_distributed(device)
+    if env.distributed and device.type == "cuda":
+        device = torch.device("cuda", env.local_rank)
+        torch.cuda.set_device(device)
+    return device, env
+
+
+def _load_images(
+    dataset: Any,
+    split: tuple[np.ndarray, np.ndarray],
+    config: TrainConfig,
+    *,
+    cache: bool,
+    cache_dir: str | os.PathLike | None,
+    show: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The training and validation images, decoded at the network's size (cached unless not ``cache``)."""
+    from .cache import cached_images, decode_images
+
+    if cache:
+        images = cached_images(dataset.paths, config.image_size, cache_dir=cache_dir, progress=show)
+    else:
+        images = decode_images(dataset.paths, config.image_size, progress=show)
+    train_idx, val_idx = split
+    return np.ascontiguousarray(images[train_idx]), np.ascontiguousarray(images[val_idx])
+
+
+def _build_parts(config: TrainConfig, device: torch.device, env: DistEnv, data: _RunData) -> _Parts:
+    """Network, loss, optimiser, sampler, schedule, EMA, augmentation and loader, seeded."""
+    if config.weights is None:
+        _say(env, "backbone: random initialisation (no --weights given)")
+    model, criterion = _build_model(config, device)
+    train_model: nn.Module = model
+    if env.distributed:
+        train_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    optimizer = _make_optimizer(config, model, criterion)
+    sampler = ClassBalancedBatchSampler(
+        data.y_train,
+        config.batch_size,
+        config.samples_per_class,
+        seed=config.seed,
+        num_replicas=env.world_size,
+        rank=env.rank,
+    )
+    scheduler = build_scheduler(
+        optimizer,
+        config.schedule,
+        warmup_steps=config.lr_warmup_epochs * len(sampler),
+        total_steps=config.epochs * len(sampler),
+        min_ratio=config.min_lr_ratio,
+    )
+    ema = ema_model(model, config.ema_decay) if config.ema_decay > 0 else None
+    augment, augment_generator = _build_augment(config, env)
+    loader_generator = torch.Generator()
+    loader = DataLoader(
+        CellImages(data.train_images, data.y_train),
+        batch_sampler=sampler,
+        num_workers=config.workers,
+        generator=loader_generator,
+        persistent_workers=False,
+    )
+    torch.manual_seed(config.seed * 1000 + env.rank + 1)
+    return _Parts(
+        model=model,
+        train_model=train_model,
+        criterion=criterion,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        ema=ema,
+        sampler=sampler,
+        loader=loader,
+        loader_generator=loader_generator,
+        augment=augment,
+        augment_generator=augment_generator,
+    )
+
+
+def _build_augment(config: TrainConfig, env: DistEnv) -> tuple[BatchAugment, torch.Generator]:
+    """The batch augmentation, drawing from its own seeded stream (one per process)."""
+    generator = torch.Generator().manual_seed(config.seed * 1000 + env.rank + 1)
+    augment = BatchAugment(
+        crop_scale=config.crop_scale,
+        rotation=config.rotation,
+        flips=config.flips,
+        stain_jitter=config.stain_jitter,
+        generator=generator,
+    )
+    return augment, generator
+
+
+# ----------------------------------------------------------------------------------------------
+# a whole run: curves, resume
+
+
+def _refit(run: _Run, train_emb: np.ndarray) -> tuple[list[LineageCurve], list[LineageCurve] | None]:
+    """Curves on the training embeddings: (the embedding-space ones, the ones the loss uses).
+
+    The loss's are ``None`` without an SMR term, the same curves for the embedding-space losses,
+    and curves fitted in the t-SNE map (their length scaled with it) for the ``dimred`` losses.
+    """
+    config, criterion, data = run.config, run.parts.criterion, run.data
+    curves = fit_lineage_curves(
+        train_emb,
+        data.y_train,
+        data.spec,
+        curve=config.curve,
+        targets=config.targets,
+        fixed_length=config.fixed_length,
+    )
+    if not criterion.needs_curves:
+        return curves, None
+    if criterion.curve_space == "embedding":
+        return curves, curves
+    low = criterion.curve_features(torch.from_numpy(train_emb).to(run.device)).cpu().numpy()
+    length = config.fixed_length * _spread(low) / max(_spread(train_emb), 1e-12)
+    return curves, fit_lineage_curves(
+        low, data.y_train, data.spec, curve=config.curve, targets=config.targets, fixed_length=length
+    )
+
+
+def _initial_curves(run: _Run) -> list[LineageCurve] | None:
+    """The loss's curves for the first epoch, from the initial network (t-SNE map warmed up first)."""
+    config = run.config
+    train_emb = run.embed(run.data.train_images, "initial embeddings")
+    criterion = run.parts.criterion
+    if criterion.curve_space == "tsne":
+        from .tsne import fit_parametric_tsne
+
+        fit_parametric_tsne(
+            criterion.tsne,
+            torch.from_numpy(train_emb).to(run.device),
+            perplexity=config.tsne_perplexity,
+            epochs=config.tsne_warmup_epochs,
+            batch_size=config.batch_size,
+            lr=config.tsne_lr,
+            generator=torch.Generator().manual_seed(config.seed),
+            progress=run.progress and run.env.is_main,
+        )
+    return _refit(run, train_emb)[1]
+
+
+def _restore(run: _Run, checkpoint: dict[str, Any]) -> list[LineageCurve] | None:
+    """Continue from ``checkpoint``: parts, random streams, best epoch and metrics rows.
+
+    Returns the loss's curves for the next epoch.
+    """
+    parts = run.parts
+    parts.model.load_state_dict(checkpoint["model"])
+    parts.criterion.load_state_dict(checkpoint["criterion"])
+    parts.optimizer.load_state_dict(checkpoint["optimizer"])
+    parts.scheduler.load_state_dict(checkpoint["scheduler"])
+    if parts.ema is not None:
+        parts.ema.load_state_dict(checkpoint["ema"])
+    _restore_rng(checkpoint["rng"], parts.augment_generator)
+    loss_curves = curves_from_json(checkpoint["loss_curves"]) if checkpoint["loss_curves"] else None
+    run.best = _Best.from_dict(checkpoint["best"])
+    if run.metrics is not None:
+        run.metrics.restore(checkpoint["metrics"])
+    best = run.best
+    _say(run.env, f"resuming {run.out} after epoch {checkpoint['epoch']} (best {best.f1:.4f} @{best.epoch})")
+    return loss_curves
+
+
+def _checkpoint_state(run: _Run, epoch: int, loss_curves: list[LineageCurve] | None) -> dict[str, Any]:
+    """What ``checkpoint.pt`` holds after ``epoch``: enough to continue as if never stopped."""
+    parts = run.parts
+    assert run.metrics is not None
+    return {
+        "epoch": epoch,
+        "config": run.config.to_dict(),
+        "model": parts.model.state_dict(),
+        "ema": parts.ema.state_dict() if parts.ema is not None else None,
+        "criterion": parts.criterion.state_dict(),
+        "optimizer": parts.optimizer.state_dict(),
+        "scheduler": parts.scheduler.state_dict(),
+        "loss_curves": curves_to_json(loss_curves, space=parts.criterion.curve_space)
+        if loss_curves is not None
+        else None,
+        "best": run.best.to_dict(),
+        "metrics": run.metrics.rows,
+        "rng": _rng_state(parts.augment_generator),
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# a whole run: one epoch
+
+
+def _train_phase(run: _Run, epoch: int, loss_curves: list[LineageCurve] | None) -> dict[str, float]:
+    """Hand the loss its curves (SMR term on after the warm-up), reseed the batches, train."""
+    config, parts = run.config, run.parts
+    if loss_curves is not None:
+        parts.criterion.set_curves(loss_curves, run.data.spec)
+        parts.criterion.smr_active = epoch > config.smr_warmup_epochs
+    parts.sampler.set_epoch(epoch)
+    parts.loader_generator.manual_seed(config.seed * 1000 + epoch)
+    return train_one_epoch(
+        parts.train_model,
+        parts.criterion,
+        parts.optimizer,
+        parts.loader,
+        config=config,
+        device=run.device,
+        epoch=epoch,
+        env=run.env,
+        progress=run.progress,
+        augment=parts.augment,
+        scheduler=parts.scheduler,
+        ema=parts.ema,
+        precision=run.precision,
+    )
+
+
+def _save_best(
+    run: _Run, epoch: int, svm: EmbeddingSVM, curves: list[LineageCurve], val_emb: np.ndarray
+) -> None:
+    """A new best epoch: write model, curves and SVM; note its validation details."""
+    from .evaluate import maturity_correlation, mean_positions
+
+    config, data, out = run.config, run.data, run.out
+    rundir.save_model(out, run.parts.eval_net)
+    rundir.write_curves(
+        out,
+        curves,
+        {"epoch": epoch, "curve": config.curve, "targets": config.targets, "loss": config.loss},
+    )
+    rundir.write_svm(out, svm.to_dict(data.classes))
+    y_val = data.y_val
+    maturities = data.dataset.maturities[data.val_idx]
+    run.best.spearman = maturity_correlation(curves, val_emb, y_val, maturities, data.spec)
+    per_class = f1_score(
+        y_val, svm.predict(val_emb), labels=np.arange(len(data.classes)), average=None, zero_division=0
+    )
+    run.best.detail = {
+        "per_class_f1": {c: float(f) for c, f in zip(data.classes, per_class, strict=True)},
+        "mean_position": mean_positions(curves, val_emb, y_val, data.spec),
+    }
+
+
+def _score_epoch(
+    run: _Run,
+    epoch: int,
+    embeddings: tuple[np.ndarray, np.ndarray],
+    curves: list[LineageCurve],
+) -> tuple[dict[str, Any], bool]:
+    """Rank 0: fit and score the SVM; a better macro F1 saves the run. Returns (scores, improved)."""
+    train_emb, val_emb = embeddings
+    data, best = run.data, run.best
+    svm, scores = evaluate(
+        train_emb, data.y_train, val_emb, data.y_val, config=run.config, num_classes=len(data.classes)
+    )
+    improved = scores["val_macro_f1"] > best.f1
+    if improved:
+        best.f1, best.epoch, best.since_best = scores["val_macro_f1"], epoch, 0
+        _save_best(run, epoch, svm, curves, val_emb)
+    else:
+        best.since_best += 1
+    return scores, improved
+
+
+def _record_epoch(
+    run: _Run,
+    epoch: int,
+    row: dict[str, Any],
+    state: EpochState,
+) -> None:
+    """Rank 0: the metrics row, the checkpoint, the log line and the ``on_epoch_end`` callback."""
+    assert run.metrics is not None
+    run.metrics.append(row)
+    _save_checkpoint(run.out, _checkpoint_state(run, epoch, state.loss_curves))
+    _say(run.env, _format_line(epoch, run.config, row, (run.best.f1, run.best.epoch)))
+    if run.on_epoch_end is not None:
+        run.on_epoch_end(state)
+
+
+def _run_epoch(
+    run: _Run, epoch: int, loss_curves: list[LineageCurve] | None
+) -> tuple[bool, list[LineageCurve] | None]:
+    """Train, embed, refit the curves, evaluate and record one epoch.
+
+    Returns (stop: patience is spent, the loss's curves for the next epoch).
+    """
+    t0 = time.perf_counter()
+    losses = _train_phase(run, epoch, loss_curves)
+    train_seconds = time.perf_counter() - t0
+    # the (averaged) network that is evaluated and saved also places the loss's curves
+    train_emb = run.embed(run.data.train_images, "train embeddings")
+    val_emb = run.embed(run.data.val_images, "val embeddings")
+    curves, loss_curves = _refit(run, train_emb)
+    decision: list[Any] = [None]
+    if run.env.is_main:
+        scores, improved = _score_epoch(run, epoch, (train_emb, val_emb), curves)
+        row = {
+            "epoch": epoch,
+            **losses,
+            **scores,
+            "lr": run.parts.optimizer.param_groups[0]["lr"],
+            "best_val_macro_f1": run.best.f1,
+            "best_epoch": run.best.epoch,
+            "train_seconds": round(train_seconds, 3),
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
+        state = EpochState(epoch, row, curves, loss_curves, train_emb, val_emb, improved)
+        _record_epoch(run, epoch, row, state)
+        decision = [run.best.since_best >= run.config.patience]
+    if run.env.distributed:
+        dist.broadcast_object_list(decision, src=0)
+    return bool(decision[0]), loss_curves
+
+
+def _run_epochs(run: _Run, first_epoch: int, loss_curves: list[LineageCurve] | None) -> tuple[int, bool]:
+    """Epochs ``first_epoch`` .. ``config.epochs`` until patience is spent: (last epoch, stopped early)."""
+    config = run.config
+    stopped_early = run.best.since_best >= config.patience
+    epoch = first_epoch - 1
+    for epoch in range(first_epoch, config.epochs + 1):
+        if stopped_early:
+            break
+        stop, loss_curves = _run_epoch(run, epoch, loss_curves)
+        if stop:
+            stopped_early = epoch < config.epochs
+            _say(run.env, f"early stop: no validation macro-F1 gain for {config.patience} epochs")
+            break
+    return epoch, stopped_early
+
+
+# ----------------------------------------------------------------------------------------------
 # a whole run
 
 
@@ -608,273 +1101,54 @@ def train(
     Returns the :class:`TrainResult` on rank 0 (``None`` on other ranks). Raises
     :class:`TrainError` for data or settings that cannot be trained on.
     """
-    from .cache import cached_images, decode_images
-    from .evaluate import maturity_correlation, mean_positions
-
     config = config.validate()
     started = time.perf_counter()
-    device = select_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
-    env = init_distributed(device)
-    if env.distributed and device.type == "cuda":
-        device = torch.device("cuda", env.local_rank)
-        torch.cuda.set_device(device)
+    device, env = _init_process(config)
     precision = resolve_precision(config.precision, device)
     hardware = cpu_features()
     _say(env, f"precision: {precision} (CPU: {hardware['model']}; flags {' '.join(hardware['flags'])})")
 
-    # -- data --------------------------------------------------------------------------------
     dataset = _scan(data, spec, progress, env)
-    spec = dataset.spec
-    classes = list(spec.classes)
-    labels = dataset.labels
-    train_idx, val_idx = _split(labels, config, classes)
-    y_train, y_val = labels[train_idx], labels[val_idx]
-    maturities = dataset.maturities
+    split = _split(dataset.labels, config, list(dataset.spec.classes))
     out = Path(out)
-    checkpoint = _start_run_dir(
-        out, config, dataset, (train_idx, val_idx), overwrite=overwrite, resume=resume, env=env
+    checkpoint = _start_run_dir(out, config, dataset, split, overwrite=overwrite, resume=resume, env=env)
+    images = _load_images(
+        dataset, split, config, cache=cache, cache_dir=cache_dir, show=progress and env.is_main
     )
-    show = progress and env.is_main
-    if cache:
-        images = cached_images(dataset.paths, config.image_size, cache_dir=cache_dir, progress=show)
-    else:
-        images = decode_images(dataset.paths, config.image_size, progress=show)
-    train_images = np.ascontiguousarray(images[train_idx])
-    val_images = np.ascontiguousarray(images[val_idx])
+    run_data = _RunData(dataset, *split, *images)
 
-    # -- model, loss, optimiser, schedule, EMA -----------------------------------------------
-    if config.weights is None:
-        _say(env, "backbone: random initialisation (no --weights given)")
-    model, criterion = _build_model(config, device)
-    train_model: nn.Module = model
-    if env.distributed:
-        train_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    optimizer = _make_optimizer(config, model, criterion)
-    sampler = ClassBalancedBatchSampler(
-        y_train,
-        config.batch_size,
-        config.samples_per_class,
-        seed=config.seed,
-        num_replicas=env.world_size,
-        rank=env.rank,
-    )
-    scheduler = build_scheduler(
-        optimizer,
-        config.schedule,
-        warmup_steps=config.lr_warmup_epochs * len(sampler),
-        total_steps=config.epochs * len(sampler),
-        min_ratio=config.min_lr_ratio,
-    )
-    ema = ema_model(model, config.ema_decay) if config.ema_decay > 0 else None
-    eval_net: nn.Module = ema.module if ema is not None else model
-    # augmentation and dropout draw from their own seeded streams, one per process
-    augment_generator = torch.Generator().manual_seed(config.seed * 1000 + env.rank + 1)
-    augment = BatchAugment(
-        crop_scale=config.crop_scale,
-        rotation=config.rotation,
-        flips=config.flips,
-        stain_jitter=config.stain_jitter,
-        generator=augment_generator,
-    )
-    loader_generator = torch.Generator()
-    loader = DataLoader(
-        CellImages(train_images, y_train),
-        batch_sampler=sampler,
-        num_workers=config.workers,
-        generator=loader_generator,
-        persistent_workers=False,
-    )
-    torch.manual_seed(config.seed * 1000 + env.rank + 1)
-
-    embed = {
-        "mean": config.mean,
-        "std": config.std,
-        "device": device,
-        "batch_size": config.eval_batch_size,
-        "env": env,
-        "progress": progress,
-    }
-
-    def refit(train_emb: np.ndarray) -> tuple[list[LineageCurve], list[LineageCurve] | None]:
-        curves = fit_lineage_curves(
-            train_emb,
-            y_train,
-            spec,
-            curve=config.curve,
-            targets=config.targets,
-            fixed_length=config.fixed_length,
-        )
-        if not criterion.needs_curves:
-            return curves, None
-        if criterion.curve_space == "embedding":
-            return curves, curves
-        low = criterion.curve_features(torch.from_numpy(train_emb).to(device)).cpu().numpy()
-        length = config.fixed_length * _spread(low) / max(_spread(train_emb), 1e-12)
-        return curves, fit_lineage_curves(
-            low, y_train, spec, curve=config.curve, targets=config.targets, fixed_length=length
-        )
-
-    # -- initial curves, or the state of a resumed run ----------------------------------------
+    parts = _build_parts(config, device, env, run_data)
     metrics = rundir.MetricsWriter(out) if env.is_main else None
-    best_f1, best_epoch, since_best = -math.inf, 0, 0
-    best_spearman: dict[str, float | None] = {}
-    best_detail: dict[str, Any] = {"per_class_f1": {}, "mean_position": {}}
-    first_epoch = 1
+    run = _Run(config, device, env, precision, out, progress, run_data, parts, metrics, on_epoch_end)
     if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        criterion.load_state_dict(checkpoint["criterion"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        if ema is not None:
-            ema.load_state_dict(checkpoint["ema"])
-        _restore_rng(checkpoint["rng"], augment_generator)
-        loss_curves = curves_from_json(checkpoint["loss_curves"]) if checkpoint["loss_curves"] else None
-        best = checkpoint["best"]
-        best_f1, best_epoch, since_best = best["f1"], best["epoch"], best["since_best"]
-        best_spearman = best["spearman"]
-        best_detail = best["detail"]
-        first_epoch = checkpoint["epoch"] + 1
-        if metrics is not None:
-            metrics.restore(checkpoint["metrics"])
-        _say(env, f"resuming {out} after epoch {checkpoint['epoch']} (best {best_f1:.4f} @{best_epoch})")
+        loss_curves, first_epoch = _restore(run, checkpoint), checkpoint["epoch"] + 1
     else:
-        train_emb = compute_embeddings(eval_net, train_images, desc="initial embeddings", **embed)
-        if criterion.curve_space == "tsne":
-            from .tsne import fit_parametric_tsne
+        loss_curves, first_epoch = _initial_curves(run), 1
 
-            fit_parametric_tsne(
-                criterion.tsne,
-                torch.from_numpy(train_emb).to(device),
-                perplexity=config.tsne_perplexity,
-                epochs=config.tsne_warmup_epochs,
-                batch_size=config.batch_size,
-                lr=config.tsne_lr,
-                generator=torch.Generator().manual_seed(config.seed),
-                progress=progress and env.is_main,
-            )
-        _, loss_curves = refit(train_emb)
-
-    # -- epochs ------------------------------------------------------------------------------
-    stopped_early = since_best >= config.patience
-    epoch = first_epoch - 1
-    for epoch in range(first_epoch, config.epochs + 1):
-        if stopped_early:
-            break
-        t0 = time.perf_counter()
-        if loss_curves is not None:
-            criterion.set_curves(loss_curves, spec)
-            criterion.smr_active = epoch > config.smr_warmup_epochs
-        sampler.set_epoch(epoch)
-        loader_generator.manual_seed(config.seed * 1000 + epoch)
-        losses = train_one_epoch(
-            train_model,
-            criterion,
-            optimizer,
-            loader,
-            config=config,
-            device=device,
-            epoch=epoch,
-            env=env,
-            progress=progress,
-            augment=augment,
-            scheduler=scheduler,
-            ema=ema,
-            precision=precision,
-        )
-        train_seconds = time.perf_counter() - t0
-        # the (averaged) network that is evaluated and saved also places the loss's curves
-        train_emb = compute_embeddings(eval_net, train_images, desc="train embeddings", **embed)
-        val_emb = compute_embeddings(eval_net, val_images, desc="val embeddings", **embed)
-        curves, loss_curves = refit(train_emb)
-
-        decision: list[Any] = [None]
-        if env.is_main:
-            svm, scores = evaluate(
-                train_emb, y_train, val_emb, y_val, config=config, num_classes=len(classes)
-            )
-            improved = scores["val_macro_f1"] > best_f1
-            if improved:
-                best_f1, best_epoch, since_best = scores["val_macro_f1"], epoch, 0
-                rundir.save_model(out, eval_net)
-                rundir.write_curves(
-                    out,
-                    curves,
-                    {"epoch": epoch, "curve": config.curve, "targets": config.targets, "loss": config.loss},
-                )
-                rundir.write_svm(out, svm.to_dict(classes))
-                best_spearman = maturity_correlation(curves, val_emb, y_val, maturities[val_idx], spec)
-                per_class = f1_score(
-                    y_val, svm.predict(val_emb), labels=np.arange(len(classes)), average=None, zero_division=0
-                )
-                best_detail = {
-                    "per_class_f1": {c: float(f) for c, f in zip(classes, per_class, strict=True)},
-                    "mean_position": mean_positions(curves, val_emb, y_val, spec),
-                }
-            else:
-                since_best += 1
-            row = {
-                "epoch": epoch,
-                **losses,
-                **scores,
-                "lr": optimizer.param_groups[0]["lr"],
-                "best_val_macro_f1": best_f1,
-                "best_epoch": best_epoch,
-                "train_seconds": round(train_seconds, 3),
-                "seconds": round(time.perf_counter() - t0, 3),
-            }
-            metrics.append(row)
-            _save_checkpoint(
-                out,
-                {
-                    "epoch": epoch,
-                    "config": config.to_dict(),
-                    "model": model.state_dict(),
-                    "ema": ema.state_dict() if ema is not None else None,
-                    "criterion": criterion.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "loss_curves": curves_to_json(loss_curves, space=criterion.curve_space)
-                    if loss_curves is not None
-                    else None,
-                    "best": {
-                        "f1": best_f1,
-                        "epoch": best_epoch,
-                        "since_best": since_best,
-                        "spearman": best_spearman,
-                        "detail": best_detail,
-                    },
-                    "metrics": metrics.rows,
-                    "rng": _rng_state(augment_generator),
-                },
-            )
-            _say(env, _format_line(epoch, config, row, (best_f1, best_epoch)))
-            if on_epoch_end is not None:
-                on_epoch_end(EpochState(epoch, row, curves, loss_curves, train_emb, val_emb, improved))
-            decision = [since_best >= config.patience]
-        if env.distributed:
-            dist.broadcast_object_list(decision, src=0)
-        if decision[0]:
-            stopped_early = epoch < config.epochs
-            _say(env, f"early stop: no validation macro-F1 gain for {config.patience} epochs")
-            break
-
+    epoch, stopped_early = _run_epochs(run, first_epoch, loss_curves)
     if not env.is_main:
         return None
+    return _finish(run, epoch, stopped_early, time.perf_counter() - started, hardware)
+
+
+def _finish(
+    run: _Run, epochs: int, stopped_early: bool, seconds: float, hardware: dict[str, Any]
+) -> TrainResult:
+    """Rank 0: write the run's result into ``config.json`` (marks it complete) and report it."""
+    best = run.best
     result = TrainResult(
-        out,
-        best_epoch,
-        best_f1,
-        epoch,
+        run.out,
+        best.epoch,
+        best.f1,
+        epochs,
         stopped_early,
-        time.perf_counter() - started,
-        best_spearman,
-        val_per_class_f1=best_detail["per_class_f1"],
-        val_mean_position=best_detail["mean_position"],
-        precision=precision,
+        seconds,
+        best.spearman,
+        val_per_class_f1=best.detail["per_class_f1"],
+        val_mean_position=best.detail["mean_position"],
+        precision=run.precision,
         cpu_flags=list(hardware["flags"]),
     )
-    rundir.write_result(out, result.to_dict())
-    _say(env, f"best val macro-F1 {best_f1:.4f} at epoch {best_epoch}; run written to {out}")
+    rundir.write_result(run.out, result.to_dict())
+    _say(run.env, f"best val macro-F1 {best.f1:.4f} at epoch {best.epoch}; run written to {run.out}")
     return result

@@ -41,6 +41,8 @@ import torch
 from pytorch_metric_learning import distances, losses, miners
 from torch import nn
 
+from .config import LOSSES, default_alpha
+from .config import MINERS as TRIPLET_MINERS
 from .curves_torch import project
 from .tsne import ParametricTSNE, tsne_kl_loss
 
@@ -56,14 +58,12 @@ __all__ = [
     "build_criterion",
 ]
 
-LOSSES = ("tml", "normal", "projected", "dimred", "projected+dimred")
-"""The loss variants of the paper: TML baseline and the four SMR losses."""
+# LOSSES (the loss variants of the paper: the TML baseline and the four SMR losses), TRIPLET_MINERS
+# (pytorch-metric-learning's TripletMarginMiner types, or BatchHardMiner) and default_alpha come
+# from smr.train.config, which imports no torch.
 
 SMR_MODES = ("normal", "projected")
 """Forms of the SMR term: L1 to the target point (Eq. 3/5) or distance along the curve (Eq. 4)."""
-
-TRIPLET_MINERS = ("all", "semihard", "hard", "batch_hard")
-"""Triplet miners: pytorch-metric-learning's TripletMarginMiner types, or BatchHardMiner."""
 
 TERM_NAMES = ("total", "tml", "smr", "tsne_kl")
 """Keys of the terms dict returned by :meth:`SMRCriterion.forward` (every variant has all of them)."""
@@ -76,14 +76,6 @@ def _check_loss(loss: str) -> str:
     if loss not in LOSSES:
         raise ValueError(f"unknown loss {loss!r}; valid choices: {', '.join(LOSSES)}")
     return loss
-
-
-def default_alpha(loss: str) -> float:
-    """The paper's weight of the SMR term: 0.2, and 0.6 for the t-SNE variants (0 for ``tml``)."""
-    _check_loss(loss)
-    if loss == "tml":
-        return 0.0
-    return 0.6 if loss.endswith("dimred") else 0.2
 
 
 class TripletLoss(nn.Module):

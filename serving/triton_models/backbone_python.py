@@ -3,8 +3,9 @@
 For servers that have the python backend but not the onnxruntime or OpenVINO backends (the
 embedded ``tritonserver`` of the ``nvidia-pytriton`` wheel). ``smr export`` copies this file to
 ``smr_backbone/1/model.py`` beside ``model.onnx``, ``smr_triton_io.py`` (the tensor I/O it shares
-with ``smr_postprocess``, from ``triton_io.py``) and ``smr_engines.py`` (``engines.py``: the
-runtime and precision, the same code ``smr export`` checked them with). The config's parameters
+with ``smr_postprocess``, from ``triton_io.py``), ``smr_engines.py`` (``engines.py``: the
+runtime and precision, the same code ``smr export`` checked them with) and
+``smr_core/contract.py`` (the tensor names, from ``smr.core.contract``). The config's parameters
 ``engine`` (onnxruntime or openvino) and ``precision`` (fp32, bf16, int8) choose how the graph
 runs; the model is compiled once, in ``initialize``. It imports numpy, the standard library,
 Triton's ``triton_python_backend_utils``, onnxruntime or OpenVINO, and those copies only.
@@ -27,11 +28,12 @@ import triton_python_backend_utils as pb_utils
 _WRITE_BYTECODE, sys.dont_write_bytecode = sys.dont_write_bytecode, True
 import smr_engines as engines  # noqa: E402
 import smr_triton_io as triton_io  # noqa: E402
+from smr_core import contract as C  # noqa: E402
 
 sys.dont_write_bytecode = _WRITE_BYTECODE
 
-INPUT = "IMAGE"
-OUTPUT = "EMBEDDING"
+INPUT = C.IMAGE
+OUTPUT = C.EMBEDDING
 
 
 class TritonPythonModel:
@@ -40,7 +42,7 @@ class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         triton_io.silence_dlpack_capsule_noise()
         config = json.loads(args["model_config"])
-        self.model_name = args.get("model_name", "smr_backbone")
+        self.model_name = args.get("model_name", C.BACKBONE)
         triton_io.verify_repository(args, config, self.model_name)  # before anything is loaded
         version_dir = os.path.join(args["model_repository"], str(args.get("model_version", "1")))
         inputs = {t["name"]: t for t in config.get("input", [])}

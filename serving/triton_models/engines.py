@@ -3,7 +3,8 @@
 One definition for both sides: ``smr export`` measures and checks each precision with
 :class:`BackboneEngine` in its own process, and the served ``smr_backbone`` (python backend,
 ``--runtime python`` or ``--runtime openvino``) runs the same class, copied beside its
-``model.py`` as ``smr_engines.py``. It imports numpy and the standard library at module level;
+``model.py`` as ``smr_engines.py``. It imports numpy, the standard library and the tensor names
+(``smr_core.contract`` beside the served model, ``smr.core.contract`` elsewhere) at module level;
 onnxruntime or OpenVINO only when an engine of that kind is made.
 
 Precisions:
@@ -22,6 +23,11 @@ from __future__ import annotations
 import os
 
 import numpy as np
+
+try:  # the copy beside the served model.py (smr_backbone/1/smr_core/), whatever else is installed
+    from smr_core.contract import EMBEDDING, IMAGE
+except ImportError:  # in the smr package
+    from smr.core.contract import EMBEDDING, IMAGE
 
 __all__ = [
     "ENGINES",
@@ -83,8 +89,8 @@ class BackboneEngine:
         threads: int = 0,
         providers: list[str] | None = None,
         tensorrt_precision: str = "fp32",
-        input_name: str = "IMAGE",
-        output_name: str = "EMBEDDING",
+        input_name: str = IMAGE,
+        output_name: str = EMBEDDING,
     ) -> None:
         if engine not in ENGINES:
             raise ValueError(f"engine {engine!r} is not valid; choose one of: {', '.join(ENGINES)}")

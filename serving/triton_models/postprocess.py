@@ -1,4 +1,5 @@
-"""Triton python model ``smr_postprocess``: embeddings -> SVM probabilities, class, curve positions.
+"""Triton python model ``smr_postprocess``: embeddings -> SVM probabilities, class, curve positions,
+stages and review flags.
 
 ``smr export`` copies this file to ``smr_postprocess/1/model.py``, next to ``curves.json``,
 ``svm.json``, a copy of ``smr.core`` (``smr_core/``), of the manifest checker
@@ -8,11 +9,14 @@ from ``triton_io.py``). It imports numpy, the standard library, Triton's
 numpy's BLAS on one thread), so it runs on a stock Triton image where the ``smr`` package is not
 installed (the python backend puts the version folder on ``sys.path``).
 
-It also returns its input unchanged as ``EMBEDDING_OUT``, the ensemble's ``EMBEDDING`` (see
-``smr.export.tensors`` for why the backbone's output is not the ensemble's directly).
+Tensor and parameter names come from ``smr_core.contract``. It also returns its input unchanged as
+``EMBEDDING_OUT``, the ensemble's ``EMBEDDING`` (see ``smr.core.contract`` for why the backbone's
+output is not the ensemble's directly).
 
 Per ``execute`` it stacks the embeddings of all requests into one batch, evaluates the RBF SVM
-and projects onto every lineage's curve once, and answers each request with its own rows. A
+and projects onto every lineage's curve once, reads each cell's stages and review flags from those
+outputs (``smr_core.review``, with the ``review_margin`` parameter; the clients apply the same
+function), and answers each request with its own rows. A
 request whose ``EMBEDDING`` has the wrong data type, rank, size or non-finite values gets an
 ``INVALID_ARGUMENT`` error naming the tensor; the other requests of the batch are unaffected.
 
@@ -42,21 +46,23 @@ import triton_python_backend_utils as pb_utils
 # no byte code beside the vendored modules: serving leaves the repository as exported
 _WRITE_BYTECODE, sys.dont_write_bytecode = sys.dont_write_bytecode, True
 import smr_triton_io as triton_io  # noqa: E402
+from smr_core import contract as C  # noqa: E402
 from smr_core.curves_json import curves_from_json, project_all  # noqa: E402
+from smr_core.review import check_margin, class_stages, review  # noqa: E402
 from smr_core.svm import RbfSvm  # noqa: E402
 
 sys.dont_write_bytecode = _WRITE_BYTECODE
 
-INPUT = "EMBEDDING"
-OUTPUTS = {  # name -> (Triton data type, numpy dtype)
-    "PROBABILITIES": ("TYPE_FP32", np.float32),
-    "CLASS_ID": ("TYPE_INT32", np.int32),
-    "MATURITY": ("TYPE_FP32", np.float32),
-    "CURVE_DISTANCE": ("TYPE_FP32", np.float32),
-    # a copy of the input: the ensemble's EMBEDDING output. The backbone's own output stays
-    # internal to the ensemble, since an ensemble output that a step also reads is dropped when a
-    # client does not request it, and the ensemble then deadlocks
-    "EMBEDDING_OUT": ("TYPE_FP32", np.float32),
+INPUT = C.EMBEDDING
+OUTPUTS = {  # name -> Triton data type
+    C.PROBABILITIES: "TYPE_FP32",
+    C.CLASS_ID: "TYPE_INT32",
+    C.MATURITY: "TYPE_FP32",
+    C.CURVE_DISTANCE: "TYPE_FP32",
+    C.STAGE: "TYPE_INT32",
+    C.BORDERLINE: "TYPE_UINT8",
+    # a copy of the input: the ensemble's EMBEDDING output (the deadlock rule of smr_core.contract)
+    C.EMBEDDING_OUT: "TYPE_FP32",
 }
 POSITION_BUCKETS = [round(0.05 * i, 2) for i in range(1, 21)]
 SECONDS_BUCKETS = [1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 2.5]
@@ -70,7 +76,7 @@ class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         triton_io.silence_dlpack_capsule_noise()
         config = json.loads(args["model_config"])
-        self.model_name = args.get("model_name", "smr_postprocess")
+        self.model_name = args.get("model_name", C.POSTPROCESS)
         model_dir = args["model_repository"]
         version_dir = os.path.join(model_dir, str(args.get("model_version", "1")))
         triton_io.verify_repository(args, config, self.model_name)
@@ -88,23 +94,30 @@ class TritonPythonModel:
         self.lineages = [lc.name for lc in self.curves]
         dims = {lc.curve.dim for lc in self.curves}
         self._check_config(config, dims)
-        self._class_lineage = np.full(len(self.classes), -1, dtype=np.int64)
-        for i, lc in enumerate(self.curves):
-            for name in lc.classes:
-                if name not in self.classes:
-                    raise ValueError(
-                        f"{curves_path}: lineage {lc.name!r} class {name!r} is not an SVM class "
-                        f"{self.classes}"
-                    )
-                self._class_lineage[self.classes.index(name)] = i
+        self._init_review(config, f"{curves_path} against {svm_path}")
         self._init_metrics()
         self._blas_limits = self._limit_blas_threads(
             int(triton_io.config_parameter(config, "blas_threads", str(BLAS_THREADS)))
         )
         pb_utils.Logger.log_info(
             f"{self.model_name}: {len(self.classes)} classes, lineages {self.lineages}, "
-            f"embedding dim {self.embedding_dim}, max batch {config.get('max_batch_size')}"
+            f"embedding dim {self.embedding_dim}, review margin {self.review_margin:g}, "
+            f"max batch {config.get('max_batch_size')}"
         )
+
+    def _init_review(self, config: dict, where: str) -> None:
+        """What ``smr_core.review`` needs: each class's lineage and stage, the stage boundaries, the
+        SVM margin (model parameter ``review_margin``)."""
+        try:
+            self._class_stage = class_stages(self.classes, [lc.classes for lc in self.curves])
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
+        self._boundaries = [lc.boundaries for lc in self.curves]
+        text = triton_io.config_parameter(config, C.REVIEW_MARGIN_PARAMETER, str(C.DEFAULT_REVIEW_MARGIN))
+        try:
+            self.review_margin = check_margin(float(text))
+        except ValueError as exc:
+            raise ValueError(f"config.pbtxt: parameter {C.REVIEW_MARGIN_PARAMETER} {text!r}: {exc}") from None
 
     def _limit_blas_threads(self, threads: int):
         """numpy's BLAS at ``threads`` threads in this stub process (0: leave its default).
@@ -143,14 +156,17 @@ class TritonPythonModel:
             raise ValueError(
                 f"the SVM expects {self.svm.n_features}-D embeddings, {INPUT} has {self.embedding_dim}"
             )
+        n_lineages = len(self.curves)
         expected = {
-            "PROBABILITIES": [len(self.classes)],
-            "CLASS_ID": [1],
-            "MATURITY": [len(self.curves)],
-            "CURVE_DISTANCE": [len(self.curves)],
-            "EMBEDDING_OUT": [self.embedding_dim],
+            C.PROBABILITIES: [len(self.classes)],
+            C.CLASS_ID: [1],
+            C.MATURITY: [n_lineages],
+            C.CURVE_DISTANCE: [n_lineages],
+            C.STAGE: [n_lineages],
+            C.BORDERLINE: [1],
+            C.EMBEDDING_OUT: [self.embedding_dim],
         }
-        for name, (dtype, _) in OUTPUTS.items():
+        for name, dtype in OUTPUTS.items():
             got = [int(d) for d in outputs[name]["dims"]]
             if outputs[name]["data_type"] != dtype or got != expected[name]:
                 raise ValueError(
@@ -207,15 +223,23 @@ class TritonPythonModel:
         """The outputs for embeddings ``X`` (N, D), as the model returns them."""
         X64 = X.astype(np.float64)  # once for the SVM and the curves
         probabilities = self.svm.predict_proba(X64).astype(np.float32)
+        class_id = probabilities.argmax(axis=1).astype(np.int32)
         t, distance = project_all(self.curves, X64)
+        maturity = t.astype(np.float32)
+        # from the outputs as served (float32), as a client deriving them would read them
+        cells = review(
+            probabilities, class_id, maturity, self._boundaries, self._class_stage, self.review_margin
+        )
         return {
-            "PROBABILITIES": probabilities,
-            "CLASS_ID": probabilities.argmax(axis=1).astype(np.int32)[:, None],
-            "MATURITY": t.astype(np.float32),
-            "CURVE_DISTANCE": distance.astype(np.float32),
+            C.PROBABILITIES: probabilities,
+            C.CLASS_ID: class_id[:, None],
+            C.MATURITY: maturity,
+            C.CURVE_DISTANCE: distance.astype(np.float32),
+            C.STAGE: cells.stage,
+            C.BORDERLINE: cells.flags[:, None],
             # a copy: X may be a read-only view of the request's input, which DLPack cannot export
             # (BufferError)
-            "EMBEDDING_OUT": np.array(X, dtype=np.float32, copy=True),
+            C.EMBEDDING_OUT: np.array(X, dtype=np.float32, copy=True),
         }
 
     def execute(self, requests):
@@ -236,12 +260,12 @@ class TritonPythonModel:
         cells = np.any(X != 0, axis=1)  # zero rows are the warm-up
         if self._probe_rows:  # probe inferences of `smr serve` are not cells either
             cells &= ~np.concatenate(self._probe_rows)
-        class_id = outputs["CLASS_ID"][cells, 0]
+        class_id = outputs[C.CLASS_ID][cells, 0]
         for c, n in zip(*np.unique(class_id, return_counts=True), strict=True):
             self._counts[int(c)].increment(float(n))
         if self._positions is not None:
-            lineage = self._class_lineage[class_id]
-            t = outputs["MATURITY"][cells]
+            lineage = self._class_stage[class_id, 0]
+            t = outputs[C.MATURITY][cells]
             for row in np.flatnonzero(lineage >= 0):
                 self._positions[lineage[row]].observe(float(t[row, lineage[row]]))
 

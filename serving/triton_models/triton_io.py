@@ -2,8 +2,9 @@
 
 ``smr export`` copies this file as ``smr_triton_io.py`` beside each python model's ``model.py``
 (the python backend puts the version folder on ``sys.path``), and the models import it under that
-name. Like them, it imports numpy, the standard library and Triton's ``triton_python_backend_utils``
-only, so it runs on a stock Triton image where the ``smr`` package is not installed.
+name. Like them, it imports numpy, the standard library, Triton's ``triton_python_backend_utils``
+and the vendored ``smr_core.contract`` (beside both models) only, so it runs on a stock Triton
+image where the ``smr`` package is not installed.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Callable
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
+from smr_core.contract import POSTPROCESS
 
 __all__ = [
     "DATA_TYPES",
@@ -181,7 +183,7 @@ def silence_dlpack_capsule_noise() -> None:
 # The repository check every python model runs in ``initialize``
 
 MANIFEST_MODULE = "smr_manifest"  # export/manifest.py, copied beside smr_postprocess's model.py
-_MANIFEST_HOME = os.path.join("smr_postprocess", "1", MANIFEST_MODULE + ".py")
+_MANIFEST_HOME = os.path.join(POSTPROCESS, "1", MANIFEST_MODULE + ".py")
 
 
 def _manifest_module(repo: str):

@@ -10,6 +10,13 @@ import sys
 
 
 def add_parsers(subparsers) -> None:
+    """Add ``smr synth`` and ``smr synth-slide`` to the ``smr`` command's sub-parsers."""
+    _add_synth_parser(subparsers)
+    _add_slide_parser(subparsers)
+
+
+def _add_synth_parser(subparsers) -> None:
+    """``smr synth OUT``: a patch data set."""
     synth = subparsers.add_parser(
         "synth",
         help="write a synthetic bone-marrow patch data set (15 classes, true maturity known)",
@@ -29,6 +36,14 @@ def add_parsers(subparsers) -> None:
     synth.add_argument(
         "--workers", type=int, default=1, metavar="W", help="processes to render with (default 1)"
     )
+    _add_population_arguments(synth)
+    synth.add_argument("--overwrite", action="store_true", help="replace OUT if it is not empty")
+    synth.add_argument("--no-progress", action="store_true", help="no progress bar")
+    synth.set_defaults(func=run_synth)
+
+
+def _add_population_arguments(synth: argparse.ArgumentParser) -> None:
+    """``smr synth``'s class balance, label noise, stains and neighbours."""
     synth.add_argument(
         "--min-per-class",
         type=int,
@@ -62,10 +77,10 @@ def add_parsers(subparsers) -> None:
     synth.add_argument(
         "--no-neighbours", action="store_true", help="no fragments of neighbouring cells at patch borders"
     )
-    synth.add_argument("--overwrite", action="store_true", help="replace OUT if it is not empty")
-    synth.add_argument("--no-progress", action="store_true", help="no progress bar")
-    synth.set_defaults(func=run_synth)
 
+
+def _add_slide_parser(subparsers) -> None:
+    """``smr synth-slide OUT``: a whole slide with its detections."""
     slide = subparsers.add_parser(
         "synth-slide",
         help="write a synthetic whole slide (pyramidal TIFF) with its cell detections",

@@ -211,16 +211,71 @@ def cell_extent_um(p: CellParams) -> float:
     return p.diameter / 2 * math.sqrt(p.aspect) * (1 + 3 * p.wobble) + 1.5
 
 
+@dataclass
+class _CellFrame:
+    """A nucleated cell's pixel window and its body, in the cell's own frame (micrometres)."""
+
+    y0: int  # window origin, pixels
+    x0: int
+    xs: np.ndarray  # image-frame x (um from the cell centre) of each column, (1, w)
+    ys: np.ndarray  # image-frame y of each row, (h, 1)
+    mpp: float
+    radius: float  # half the cell's diameter (um)
+    stretch: float  # sqrt of the aspect ratio
+    ct: float  # cosine and sine of the cell's orientation
+    st: float
+    u: np.ndarray  # cell-frame coordinates of each pixel, (h, w)
+    v: np.ndarray
+    terms: list  # outline harmonics (see _outline)
+    d_body: np.ndarray  # signed distance to the cell's outline
+    body: np.ndarray  # soft coverage of the cell
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.ys.shape[0], self.xs.shape[1])
+
+
+@dataclass
+class _Nucleus:
+    """The nucleus: a tube of ``widths`` along the centre line ``pts``, placed in the cell frame."""
+
+    pts: np.ndarray  # (k, 2) centre line, um in the cell frame
+    widths: np.ndarray  # (k,) half-width at each point
+    extent: float  # farthest reach from its centre
+    beta: float  # its orientation
+    off: float  # its distance from the cell centre ...
+    offset: np.ndarray  # ... as a vector
+
+
 def render_cell(
     p: CellParams, stain: Stain, rng: np.random.Generator, mpp: float, cx: float, cy: float
 ) -> Sprite:
     """Draw a nucleated cell centred at pixel position (cx, cy)."""
+    f = _cell_frame(p, rng, mpp, cx, cy)
+    nuc = _place_nucleus(p, f, rng)
+    d_nuc = _nucleus_distance(p, f, nuc, rng)
+    nucleus = _soft(d_nuc, f.mpp) * f.body
+    chromatin, nucleoli = _chromatin(p, f, nuc, d_nuc, rng)
+    od = nucleus[..., None] * (
+        chromatin[..., None] * stain.nucleus + 0.5 * nucleoli[..., None] * stain.nucleolus
+    )
+
+    # Cytoplasm: ground colour, texture, membrane, Golgi zone, perinuclear halo, vacuoles.
+    cyto = f.body * (1 - nucleus)
+    ground = (
+        p.cyto_blue * stain.basophilic + p.cyto_neutro * stain.neutrophilic + p.cyto_pink * stain.hemoglobin
+    )
+    shade = _cytoplasm_shade(p, f, nuc, d_nuc, rng)
+    od += (cyto * shade)[..., None] * ground
+    _add_granules(od, p, stain, f, cyto, rng)
+    return Sprite(f.y0, f.x0, od.astype(np.float32), f.body.astype(np.float32), _outline_polygon(f))
+
+
+def _cell_frame(p: CellParams, rng: np.random.Generator, mpp: float, cx: float, cy: float) -> _CellFrame:
+    """The cell's window, a random orientation and outline, and its body (coverage and distance)."""
     radius = p.diameter / 2
     stretch = math.sqrt(p.aspect)
     y0, x0, xs, ys = _grid(cx, cy, cell_extent_um(p), mpp)
-    shape = (ys.shape[0], xs.shape[1])
-    aa = mpp
-
     # Cell body in the cell's own frame (random orientation).
     theta = rng.uniform(0, 2 * math.pi)
     ct, st = math.cos(theta), math.sin(theta)
@@ -230,12 +285,15 @@ def render_cell(
     phi = np.arctan2(v, u)
     terms = _outline(rng, p.wobble)
     d_body = r - _radius(phi, radius, terms)
-    body = _soft(d_body, aa)
+    body = _soft(d_body, mpp)
+    return _CellFrame(y0, x0, xs, ys, mpp, radius, stretch, ct, st, u, v, terms, d_body, body)
 
-    # Nucleus: a tube of varying width along a bent centre line, offset towards one side.
-    pts, widths = _nucleus_centre_line(p, radius, rng)
+
+def _place_nucleus(p: CellParams, f: _CellFrame, rng: np.random.Generator) -> _Nucleus:
+    """The nucleus' centre line, shrunk to fit inside the cell, turned and offset towards one side."""
+    pts, widths = _nucleus_centre_line(p, f.radius, rng)
     extent_n = float((np.hypot(pts[:, 0], pts[:, 1]) + widths).max())
-    inner = radius * (1 - sum(abs(a) for _, a, _ in terms)) / stretch
+    inner = f.radius * (1 - sum(abs(a) for _, a, _ in f.terms)) / f.stretch
     if extent_n > 0.93 * inner:
         scale = 0.93 * inner / extent_n
         pts, widths, extent_n = pts * scale, widths * scale, extent_n * scale
@@ -245,55 +303,86 @@ def render_cell(
     gamma = rng.uniform(0, 2 * math.pi)
     off = p.nuc_offset * max(0.0, 0.93 * inner - extent_n)
     offset = np.array([math.cos(gamma), math.sin(gamma)], np.float32) * off
-    pts = pts + offset
-    # Distance to the union of discs (only near the nucleus, for speed).
-    # Contour noise scales with the local width, so thin strands stay thin.
+    return _Nucleus(pts + offset, widths, extent_n, beta, off, offset)
+
+
+def _nucleus_distance(p: CellParams, f: _CellFrame, nuc: _Nucleus, rng: np.random.Generator) -> np.ndarray:
+    """Signed distance to the nucleus: the union of discs along its centre line, with contour noise.
+
+    Computed only near the nucleus, for speed. The noise scales with the local width, so thin
+    strands stay thin.
+    """
+    shape, pts, widths, aa = f.shape, nuc.pts, nuc.widths, f.mpp
     d_nuc = np.full(shape, np.inf, np.float32)
     local_width = np.zeros(shape, np.float32)
-    near = (u - offset[0]) ** 2 + (v - offset[1]) ** 2 < (extent_n + 3 * aa) ** 2
+    near = (f.u - nuc.offset[0]) ** 2 + (f.v - nuc.offset[1]) ** 2 < (nuc.extent + 3 * aa) ** 2
     if near.any():
-        un, vn = u[near], v[near]
+        un, vn = f.u[near], f.v[near]
         dist = np.hypot(un[:, None] - pts[None, :, 0], vn[:, None] - pts[None, :, 1]) - widths[None, :]
         nearest = dist.argmin(1)
         d_nuc[near] = dist[np.arange(nearest.size), nearest]
         local_width[near] = widths[nearest] / widths.max()
     if p.nuc_irregularity > 0:
-        d_nuc += p.nuc_irregularity * radius * local_width * _smooth_noise(rng, shape, 1.0 / mpp)
-    nucleus = _soft(d_nuc, aa) * body
+        d_nuc += p.nuc_irregularity * f.radius * local_width * _smooth_noise(rng, shape, 1.0 / f.mpp)
+    return d_nuc
 
-    # Chromatin: fine (open) to coarse (clumped) texture, darker along the nuclear membrane.
+
+def _chromatin(
+    p: CellParams, f: _CellFrame, nuc: _Nucleus, d_nuc: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Chromatin density (fine/open to coarse/clumped, darker along the membrane) and nucleoli."""
     c = p.chromatin_coarseness
-    fine = _smooth_noise(rng, shape, 0.3 / mpp)
-    coarse = _smooth_noise(rng, shape, 0.75 / mpp)
+    fine = _smooth_noise(rng, f.shape, 0.3 / f.mpp)
+    coarse = _smooth_noise(rng, f.shape, 0.75 / f.mpp)
     tex = (1 - c) * fine + c * coarse
     tex = np.tanh(tex * (0.8 + 2.0 * c))
     rim = np.exp(-np.clip(-d_nuc, 0, None) / 0.4)
     chromatin = p.chromatin_density * (1 + p.chromatin_contrast * tex + 0.15 * rim)
-    nucleoli = np.zeros(shape, np.float32)
+    nucleoli = np.zeros(f.shape, np.float32)
     if p.nucleoli > 0.02:
-        visibility = min(1.0, p.nucleoli)
-        n_nucleoli = int(rng.binomial(3, min(1.0, p.nucleoli * 0.6))) + int(p.nucleoli > 0.5)
-        core = np.flatnonzero(widths > 0.5 * widths.max())
-        for _ in range(n_nucleoli):
-            k = int(rng.choice(core))
-            nr = rng.uniform(0.55, 1.0) * min(1.1, 0.35 * float(widths[k]))
-            nu, nv = pts[k] + rng.normal(0, 0.35 * float(widths[k]), size=2)
-            dn = np.hypot(u - nu, v - nv) - nr
-            spot = _soft(dn, max(aa, 0.25)) * visibility
-            chromatin = chromatin * (1 - 0.6 * spot) + 0.12 * visibility * np.exp(-((dn / 0.2) ** 2))
-            nucleoli = np.maximum(nucleoli, spot)
-    od = nucleus[..., None] * (
-        chromatin[..., None] * stain.nucleus + 0.5 * nucleoli[..., None] * stain.nucleolus
-    )
+        chromatin, nucleoli = _nucleoli(p, f, nuc, chromatin, nucleoli, rng)
+    return chromatin, nucleoli
 
-    # Cytoplasm: ground colour, texture, membrane, Golgi zone, perinuclear halo, vacuoles.
-    cyto = body * (1 - nucleus)
-    ground = (
-        p.cyto_blue * stain.basophilic + p.cyto_neutro * stain.neutrophilic + p.cyto_pink * stain.hemoglobin
+
+def _nucleoli(
+    p: CellParams,
+    f: _CellFrame,
+    nuc: _Nucleus,
+    chromatin: np.ndarray,
+    nucleoli: np.ndarray,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pale nucleoli with a dark rim in the thick parts of the nucleus: (chromatin, nucleoli)."""
+    pts, widths = nuc.pts, nuc.widths
+    visibility = min(1.0, p.nucleoli)
+    n_nucleoli = int(rng.binomial(3, min(1.0, p.nucleoli * 0.6))) + int(p.nucleoli > 0.5)
+    core = np.flatnonzero(widths > 0.5 * widths.max())
+    for _ in range(n_nucleoli):
+        k = int(rng.choice(core))
+        nr = rng.uniform(0.55, 1.0) * min(1.1, 0.35 * float(widths[k]))
+        nu, nv = pts[k] + rng.normal(0, 0.35 * float(widths[k]), size=2)
+        dn = np.hypot(f.u - nu, f.v - nv) - nr
+        spot = _soft(dn, max(f.mpp, 0.25)) * visibility
+        chromatin = chromatin * (1 - 0.6 * spot) + 0.12 * visibility * np.exp(-((dn / 0.2) ** 2))
+        nucleoli = np.maximum(nucleoli, spot)
+    return chromatin, nucleoli
+
+
+def _cytoplasm_shade(
+    p: CellParams, f: _CellFrame, nuc: _Nucleus, d_nuc: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """The cytoplasm's staining factor: texture, membrane, Golgi zone, perinuclear halo, vacuoles."""
+    u, v, radius, extent_n = f.u, f.v, f.radius, nuc.extent
+    shade = (
+        1
+        + 0.08 * _smooth_noise(rng, f.shape, 0.6 / f.mpp)
+        + 0.1 * np.exp(-np.clip(-f.d_body, 0, None) / 0.35)
     )
-    shade = 1 + 0.08 * _smooth_noise(rng, shape, 0.6 / mpp) + 0.1 * np.exp(-np.clip(-d_body, 0, None) / 0.35)
     if p.hof > 0.02:
-        toward = -offset / max(off, 1e-6) if off > 1e-3 else np.array([math.cos(beta), math.sin(beta)])
+        off, offset = nuc.off, nuc.offset
+        toward = (
+            -offset / max(off, 1e-6) if off > 1e-3 else np.array([math.cos(nuc.beta), math.sin(nuc.beta)])
+        )
         hx, hy = offset + toward * (extent_n + 0.15 * radius)
         blob = np.exp(-((u - hx) ** 2 + (v - hy) ** 2) / (2 * (0.22 * radius) ** 2))
         shade = shade * (1 - min(p.hof, 1.0) * 0.75 * blob)
@@ -306,10 +395,15 @@ def render_cell(
         dist = rng.uniform(extent_n * 0.6, radius - vr - 0.3)
         vx, vy = math.cos(a) * dist, math.sin(a) * dist
         dv = np.hypot(u - vx, v - vy) - vr
-        shade = shade * (1 - 0.85 * _soft(dv, max(aa, 0.2)))
-    od += (cyto * shade)[..., None] * ground
+        shade = shade * (1 - 0.85 * _soft(dv, max(f.mpp, 0.2)))
+    return shade
 
-    # Granules: points spread over the cell, smoothed to their size.
+
+def _add_granules(
+    od: np.ndarray, p: CellParams, stain: Stain, f: _CellFrame, cyto: np.ndarray, rng: np.random.Generator
+) -> None:
+    """Add the granules to ``od`` (in place): points spread over the cell, smoothed to their size."""
+    radius, terms, stretch, mpp = f.radius, f.terms, f.stretch, f.mpp
     area = math.pi * radius * radius
     for count_per_um2, colour, sigma_um, peak, over_nucleus in (
         (p.azurophil, stain.azurophil, 0.2, 0.75, True),
@@ -324,22 +418,23 @@ def render_cell(
         aa_ = rng.uniform(0, 2 * math.pi, n)
         gu, gv = rr * np.cos(aa_) * _radius(aa_, 1.0, terms), rr * np.sin(aa_) * _radius(aa_, 1.0, terms)
         gu, gv = gu * stretch, gv / stretch  # back from the cell frame to the image frame
-        gx = gu * ct - gv * st
-        gy = gu * st + gv * ct
-        cols = (gx - xs[0, 0]) / mpp + 0.5
-        rows = (gy - ys[0, 0]) / mpp + 0.5
+        gx = gu * f.ct - gv * f.st
+        gy = gu * f.st + gv * f.ct
+        cols = (gx - f.xs[0, 0]) / mpp + 0.5
+        rows = (gy - f.ys[0, 0]) / mpp + 0.5
         size = sigma_um * rng.uniform(0.7, 1.4, n)
         weights = peak * (size / sigma_um) ** 2
-        dens = _splat(shape, rows, cols, weights.astype(np.float32), sigma_um / mpp)
-        mask = body if over_nucleus else cyto
+        dens = _splat(f.shape, rows, cols, weights.astype(np.float32), sigma_um / mpp)
+        mask = f.body if over_nucleus else cyto
         od += (dens * mask)[..., None] * colour
 
-    # The outline as a polygon in the image frame (um from the centre), for detections.
+
+def _outline_polygon(f: _CellFrame) -> np.ndarray:
+    """The cell's outline as a polygon of 32 points in the image frame (um from the centre)."""
     angles = np.linspace(0, 2 * math.pi, 33)[:-1]
-    rad = _radius(angles, radius, terms)
-    pu, pv = rad * np.cos(angles) * stretch, rad * np.sin(angles) / stretch
-    outline = np.stack([pu * ct - pv * st, pu * st + pv * ct], axis=1)
-    return Sprite(y0, x0, od.astype(np.float32), body.astype(np.float32), outline)
+    rad = _radius(angles, f.radius, f.terms)
+    pu, pv = rad * np.cos(angles) * f.stretch, rad * np.sin(angles) / f.stretch
+    return np.stack([pu * f.ct - pv * f.st, pu * f.st + pv * f.ct], axis=1)
 
 
 # -- red cells and platelets ------------------------------------------------------------------

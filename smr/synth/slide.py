@@ -30,6 +30,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -351,31 +352,72 @@ def write_slide(
     out: str | os.PathLike, settings: SlideSettings, *, overwrite: bool = False, progress: bool = False
 ) -> SlideSummary:
     """Render the slide described by ``settings`` into the folder ``out`` (see the module docstring)."""
-    import tifffile
-    from PIL import Image
-    from tqdm import tqdm
-
     settings.validate()
     out = Path(out)
     check_target(out, overwrite)
     start = time.perf_counter()
     scene = _Scene(settings)
-    width, height, tile = scene.width, scene.height, settings.tile
-    shapes = _level_shapes(width, height, tile)
-    margin = int(math.ceil(3 * scene.stain.blur_um / scene.mpp)) + 2
+    shapes = _level_shapes(scene.width, scene.height, settings.tile)
+    with staged_folder(out) as tmp:
+        _write_pyramid(tmp, scene, shapes, progress)
+        _write_thumbnail(tmp)
+        found = Counter(c.draw.cls for c in scene.cells)
+        counts = {c: found.get(c, 0) for c in PAPER_SPEC.classes}
+        (tmp / "detections.csv").write_text(_detections_csv(scene), encoding="utf-8")
+        geojson = _detections_geojson(scene, settings.geometry)
+        (tmp / "detections.geojson").write_text(json.dumps(geojson) + "\n", encoding="utf-8")
+        meta = _slide_meta(scene, shapes, counts)
+        (tmp / "slide.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    return SlideSummary(out, scene.width, scene.height, shapes, counts, time.perf_counter() - start)
 
-    n_ty, n_tx = math.ceil(height / tile), math.ceil(width / tile)
+
+def _write_pyramid(folder: Path, scene: _Scene, shapes: list[tuple[int, int]], progress: bool) -> None:
+    """``folder/slide.tiff``: level 0 rendered tile by tile (level 1 filled on the way), then the
+    reduced levels; their scratch files are removed afterwards."""
+    import tifffile
+    from tqdm import tqdm
+
+    settings, width, height, tile = scene.s, scene.width, scene.height, scene.s.tile
+    margin = int(math.ceil(3 * scene.stain.blur_um / scene.mpp)) + 2
+    tile_cells = _cells_by_tile(scene, tile, margin)
+    common = _tiff_options(settings)
+    # Level 1 is filled while level 0 is rendered; the smaller levels follow from it.
+    level1 = _scratch((shapes[1][1], shapes[1][0], 3), folder, "level1.npy") if len(shapes) > 1 else None
+    n_tiles = math.ceil(height / tile) * math.ceil(width / tile)
+    bar = tqdm(total=n_tiles, unit="tile", desc="smr synth-slide", disable=not progress)
+    with bar, tifffile.TiffWriter(folder / "slide.tiff", bigtiff=width * height * 3 > 2**31) as tif:
+        tif.write(
+            _level0_tiles(scene, tile_cells, margin, level1, bar),
+            shape=(height, width, 3),
+            subfiletype=0,
+            resolution=(1e4 / scene.mpp, 1e4 / scene.mpp),
+            description=f"SMR synthetic marrow slide; seed {settings.seed}; {settings.cells} cells",
+            **common,
+        )
+        _write_reduced_levels(tif, level1, shapes, scene, folder, common)
+    level1 = None  # release the scratch files' mappings
+    for scratch in folder.glob("level*.npy"):
+        scratch.unlink()
+
+
+def _cells_by_tile(scene: _Scene, tile: int, margin: int) -> dict[tuple[int, int], list[int]]:
+    """(tile row, tile column) -> the cells whose window, grown by ``margin``, reaches that tile."""
+    n_ty, n_tx = math.ceil(scene.height / tile), math.ceil(scene.width / tile)
     tile_cells: dict[tuple[int, int], list[int]] = {}
     for i, c in enumerate(scene.cells):
         x0, y0, x1, y1 = c.bbox
         for ty in range(max(0, (y0 - margin) // tile), min(n_ty, (y1 + margin) // tile + 1)):
             for tx in range(max(0, (x0 - margin) // tile), min(n_tx, (x1 + margin) // tile + 1)):
                 tile_cells.setdefault((ty, tx), []).append(i)
+    return tile_cells
 
+
+def _tiff_options(settings: SlideSettings) -> dict[str, Any]:
+    """The ``TiffWriter.write`` options every level shares: tiles, colour, codec, resolution unit."""
     compression = {"jpeg": ("jpeg", {"level": settings.quality}), "deflate": ("zlib", {"level": 6})}
     codec, codec_args = compression[settings.compression]
-    common = {
-        "tile": (tile, tile),
+    return {
+        "tile": (settings.tile, settings.tile),
         "dtype": np.uint8,
         "photometric": "rgb",
         "compression": codec,
@@ -384,74 +426,82 @@ def write_slide(
         "metadata": None,
         "software": "smr synth-slide",
     }
-    with staged_folder(out) as tmp:
-        # Level 1 is filled while level 0 is rendered; the smaller levels follow from it.
-        level1 = _scratch((shapes[1][1], shapes[1][0], 3), tmp, "level1.npy") if len(shapes) > 1 else None
-        bar = tqdm(total=n_ty * n_tx, unit="tile", desc="smr synth-slide", disable=not progress)
 
-        def level0_tiles() -> Iterator[np.ndarray]:
-            for ty in range(n_ty):
-                for tx in range(n_tx):
-                    rgb = scene.render_tile(tx * tile, ty * tile, tile, tile_cells.get((ty, tx), []), margin)
-                    if level1 is not None:
-                        y, x = ty * tile // 2, tx * tile // 2
-                        hh, ww = min(tile // 2, level1.shape[0] - y), min(tile // 2, level1.shape[1] - x)
-                        level1[y : y + hh, x : x + ww] = _downsample2(rgb)[:hh, :ww]
-                    bar.update(1)
-                    yield rgb
-                scene.forget_above((ty + 1) * tile - margin)
 
-        with bar, tifffile.TiffWriter(tmp / "slide.tiff", bigtiff=width * height * 3 > 2**31) as tif:
-            tif.write(
-                level0_tiles(),
-                shape=(height, width, 3),
-                subfiletype=0,
-                resolution=(1e4 / scene.mpp, 1e4 / scene.mpp),
-                description=f"SMR synthetic marrow slide; seed {settings.seed}; {settings.cells} cells",
-                **common,
-            )
-            level = level1
-            for k, (lw, lh) in enumerate(shapes[1:], start=1):
-                assert level is not None and level.shape[:2] == (lh, lw)
-                mpp = scene.mpp * width / lw
-                tif.write(
-                    _tiles_of(level, tile),
-                    shape=(lh, lw, 3),
-                    subfiletype=1,
-                    resolution=(1e4 / mpp, 1e4 / mpp),
-                    **common,
-                )
-                if k + 1 < len(shapes):
-                    level = _reduce(level, tmp, f"level{k + 1}.npy")
-        level = level1 = None  # release the scratch files' mappings
-        for scratch in tmp.glob("level*.npy"):
-            scratch.unlink()
-        with tifffile.TiffFile(tmp / "slide.tiff") as tf:
-            levels = tf.series[0].levels
-            source = next((lv for lv in reversed(levels) if max(lv.shape[:2]) >= 1024), levels[0])
-            thumb = Image.fromarray(source.asarray())
-        thumb.thumbnail((1024, 1024))
-        thumb.save(tmp / "thumbnail.png", compress_level=4)
+def _level0_tiles(
+    scene: _Scene,
+    tile_cells: dict[tuple[int, int], list[int]],
+    margin: int,
+    level1: np.ndarray | None,
+    bar: Any,
+) -> Iterator[np.ndarray]:
+    """Level 0's tiles in TIFF order, rendered on demand; each is also reduced into ``level1``."""
+    tile = scene.s.tile
+    n_ty, n_tx = math.ceil(scene.height / tile), math.ceil(scene.width / tile)
+    for ty in range(n_ty):
+        for tx in range(n_tx):
+            rgb = scene.render_tile(tx * tile, ty * tile, tile, tile_cells.get((ty, tx), []), margin)
+            if level1 is not None:
+                y, x = ty * tile // 2, tx * tile // 2
+                hh, ww = min(tile // 2, level1.shape[0] - y), min(tile // 2, level1.shape[1] - x)
+                level1[y : y + hh, x : x + ww] = _downsample2(rgb)[:hh, :ww]
+            bar.update(1)
+            yield rgb
+        scene.forget_above((ty + 1) * tile - margin)
 
-        counts = Counter(c.draw.cls for c in scene.cells)
-        counts = {c: counts.get(c, 0) for c in PAPER_SPEC.classes}
-        (tmp / "detections.csv").write_text(_detections_csv(scene), encoding="utf-8")
-        geojson = _detections_geojson(scene, settings.geometry)
-        (tmp / "detections.geojson").write_text(json.dumps(geojson) + "\n", encoding="utf-8")
-        meta = {
-            "generator": "smr.synth",
-            "settings": asdict(settings),
-            "width": width,
-            "height": height,
-            "mpp": scene.mpp,
-            "levels": [list(s) for s in shapes],
-            "tile": tile,
-            "field_um": FIELD_UM,
-            "patch_px": FIELD_UM / scene.mpp,
-            "counts": counts,
-        }
-        (tmp / "slide.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    return SlideSummary(out, width, height, shapes, counts, time.perf_counter() - start)
+
+def _write_reduced_levels(
+    tif: Any,
+    level1: np.ndarray | None,
+    shapes: list[tuple[int, int]],
+    scene: _Scene,
+    folder: Path,
+    common: dict[str, Any],
+) -> None:
+    """Levels 1, 2, ... into ``tif``, each reduced from the one before (scratch files in ``folder``)."""
+    width, tile = shapes[0][0], scene.s.tile
+    level = level1
+    for k, (lw, lh) in enumerate(shapes[1:], start=1):
+        assert level is not None and level.shape[:2] == (lh, lw)
+        mpp = scene.mpp * width / lw
+        tif.write(
+            _tiles_of(level, tile),
+            shape=(lh, lw, 3),
+            subfiletype=1,
+            resolution=(1e4 / mpp, 1e4 / mpp),
+            **common,
+        )
+        if k + 1 < len(shapes):
+            level = _reduce(level, folder, f"level{k + 1}.npy")
+
+
+def _write_thumbnail(folder: Path) -> None:
+    """``folder/thumbnail.png``: the smallest level of ``slide.tiff`` of at least 1024 px, at 1024 px."""
+    import tifffile
+    from PIL import Image
+
+    with tifffile.TiffFile(folder / "slide.tiff") as tf:
+        levels = tf.series[0].levels
+        source = next((lv for lv in reversed(levels) if max(lv.shape[:2]) >= 1024), levels[0])
+        thumb = Image.fromarray(source.asarray())
+    thumb.thumbnail((1024, 1024))
+    thumb.save(folder / "thumbnail.png", compress_level=4)
+
+
+def _slide_meta(scene: _Scene, shapes: list[tuple[int, int]], counts: dict[str, int]) -> dict[str, Any]:
+    """``slide.json``: settings, size, pixel size, levels and the patch size matching ``smr synth``."""
+    return {
+        "generator": "smr.synth",
+        "settings": asdict(scene.s),
+        "width": scene.width,
+        "height": scene.height,
+        "mpp": scene.mpp,
+        "levels": [list(s) for s in shapes],
+        "tile": scene.s.tile,
+        "field_um": FIELD_UM,
+        "patch_px": FIELD_UM / scene.mpp,
+        "counts": counts,
+    }
 
 
 def _detections_csv(scene: _Scene) -> str:

@@ -38,6 +38,7 @@ def test_check_reports_problems(repo64, tmp_path, capsys):
         (["export", "RUN", "--check", "DIR"], "either RUN"),
         (["export", "/nonexistent/run"], "run directory not found: /nonexistent/run"),
         (["export", "/no/run", "--runtime", "openvino", "--tensorrt", "fp16"], "--tensorrt needs --runtime"),
+        (["export", "/no/run", "--review-margin", "1.5"], "--review-margin 1.5 is not a difference"),
     ],
 )
 def test_usage_errors_are_clear(argv, message, capsys):

@@ -36,8 +36,32 @@ def test_postprocess_stays_on_cpu_and_warms_up_with_zeros():
         "CLASS_ID": [1],
         "MATURITY": [2],
         "CURVE_DISTANCE": [2],
+        "STAGE": [2],
+        "BORDERLINE": [1],
         "EMBEDDING_OUT": [256],
     }
+    assert config.parameters["review_margin"].string_value == "0.05"  # the clients' default margin
+
+
+def test_the_review_margin_is_written_for_the_postprocess_and_the_ensemble():
+    options = ServingOptions()
+    post = postprocess_config(embedding_dim=8, n_classes=3, n_lineages=1, options=options, review_margin=0.1)
+    lineage = {"name": "l", "classes": ["a", "b"], "targets": [0.0, 1.0], "boundaries": [0.5]}
+    ensemble = ensemble_config(
+        image_size=64, embedding_dim=8, classes=["a", "b", "c"], lineages=[lineage], options=options,
+        review_margin=0.1,
+    )  # fmt: skip
+    assert post.parameters["review_margin"].string_value == "0.1"
+    assert ensemble.parameters["review_margin"].string_value == "0.1"
+    with pytest.raises(ValueError, match="review margin 1.5 must lie in"):
+        postprocess_config(embedding_dim=8, n_classes=3, n_lineages=1, options=options, review_margin=1.5)
+
+
+def test_the_ensemble_outputs_are_the_contracts_in_its_order():
+    from smr.core.contract import ENSEMBLE_OUTPUTS
+    from smr.export.tensors import ensemble_outputs
+
+    assert tuple(s.name for s in ensemble_outputs(3, 2, 8)) == ENSEMBLE_OUTPUTS
 
 
 def test_python_runtime_backbone_parameters():

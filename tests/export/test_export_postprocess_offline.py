@@ -15,7 +15,9 @@ import fake_triton_utils as fake
 import numpy as np
 import pytest
 
+from smr.core.contract import DEFAULT_REVIEW_MARGIN, MODEL_NAMES
 from smr.core.curves_json import curves_from_json, project_all
+from smr.core.review import class_stages, review
 from smr.export.onnx_backbone import onnx_embed, ort_session
 
 
@@ -73,6 +75,21 @@ def test_offline_equivalence_with_pytorch_sklearn_and_core(repo64, run64, postpr
     # a classifier that is not constant, so that the comparison means something
     assert len(np.unique(out["CLASS_ID"])) >= 3
     assert np.ptp(out["MATURITY"], axis=0).min() > 0.05
+    # stages and review flags: the rule on the reference's outputs, where they are not on an edge
+    # (a position within 1e-4 of a stage boundary, a gap within 1e-4 of the margin, a tied class)
+    lineages = [lc.classes for lc in curves]
+    boundaries = [lc.boundaries for lc in curves]
+    class_stage = class_stages(run64.classes, lineages)
+    ref = review(ref_proba, ref_proba.argmax(axis=1), ref_t, boundaries, class_stage)
+    edge = [np.abs(ref_t[:, [j]] - b[None, :]).min(axis=1) for j, b in enumerate(boundaries)]
+    clear_t = np.all(np.array(edge) > 1e-4, axis=0)
+    assert clear_t.mean() > 0.95
+    assert out["STAGE"].dtype == np.int32 and out["STAGE"].shape == ref_t.shape
+    np.testing.assert_array_equal(out["STAGE"][clear_t], ref.stage[clear_t])
+    clear = clear_t & decided & (np.abs(ref.gap - DEFAULT_REVIEW_MARGIN) > 1e-4)
+    assert out["BORDERLINE"].dtype == np.uint8 and out["BORDERLINE"].shape == (len(images), 1)
+    np.testing.assert_array_equal(out["BORDERLINE"][clear, 0], ref.flags[clear])
+    assert clear.mean() > 0.9
 
 
 def test_metrics_count_cells_and_positions(repo64, run64, patches):
@@ -163,7 +180,6 @@ def test_config_that_disagrees_with_the_artifacts_is_refused(repo64, tmp_path):
     import shutil
 
     from smr.export.manifest import build_manifest, write_manifest
-    from smr.export.tensors import MODEL_NAMES
 
     repo = tmp_path / "repo"
     shutil.copytree(repo64, repo)
@@ -179,3 +195,84 @@ def test_config_that_disagrees_with_the_artifacts_is_refused(repo64, tmp_path):
     write_manifest(repo, build_manifest(repo, list(MODEL_NAMES)))
     with pytest.raises(ValueError, match="PROBABILITIES"):
         fake.load_model(repo, "smr_postprocess")
+
+
+def _client_info(repo):
+    """The ModelInfo a client builds from the ensemble's config (as the server sends it, JSON)."""
+    from google.protobuf import json_format
+
+    from smr.clients.model_info import model_info_from_config
+    from smr.export.pbtxt import parse_config
+
+    config = parse_config(repo / "smr/config.pbtxt")
+    return model_info_from_config(json_format.MessageToDict(config, preserving_proto_field_name=True))
+
+
+def _served(model, embeddings: np.ndarray) -> dict[str, np.ndarray]:
+    (response,) = _run(model, [embeddings])
+    return {name: response.output(name) for name in model._module.OUTPUTS}
+
+
+def _batch(out: dict[str, np.ndarray], *, served: bool):
+    from smr.clients.results import BatchOutputs
+
+    return BatchOutputs(
+        out["PROBABILITIES"], out["CLASS_ID"][:, 0], out["MATURITY"], out["CURVE_DISTANCE"],
+        stage=out["STAGE"] if served else None, borderline=out["BORDERLINE"][:, 0] if served else None,
+    )  # fmt: skip
+
+
+def test_served_stages_and_flags_are_what_the_client_derives(repo64, postprocess, patches):
+    """The same function on the same float32 values: the client's own derivation (an export from
+    before STAGE/BORDERLINE) equals the served values exactly, cell for cell, reasons included."""
+    from smr.clients.results import cells_from_outputs
+
+    info = _client_info(repo64)
+    assert info.serves_review and info.review_margin == DEFAULT_REVIEW_MARGIN
+    images, _ = patches
+    out = _served(postprocess, onnx_embed(ort_session(repo64 / "smr_backbone/1/model.onnx"), images))
+    derived = cells_from_outputs(info, _batch(out, served=False))
+    served = cells_from_outputs(info, _batch(out, served=True))
+    assert [c.to_dict() for c in served] == [c.to_dict() for c in derived]
+    stage = [[lin.classes.index(p.stage) for lin, p in zip(info.lineages, c.lineages, strict=True)]
+             for c in derived]  # fmt: skip
+    np.testing.assert_array_equal(out["STAGE"], stage)
+    np.testing.assert_array_equal(out["BORDERLINE"][:, 0] != 0, [c.borderline for c in derived])
+    unsure = [c.borderline_reason.startswith("SVM unsure") for c in derived]
+    np.testing.assert_array_equal(out["BORDERLINE"][:, 0] & 1 != 0, unsure)
+    # another margin: the client derives the flags again with the same rule (the served stages stay);
+    # none is unsure by a margin of 0 (this small run's SVM is unsure of every cell at 0.05)
+    strict = cells_from_outputs(info, _batch(out, served=True), margin=0.0)
+    assert [c.to_dict() for c in strict] == [
+        c.to_dict() for c in cells_from_outputs(info, _batch(out, served=False), margin=0.0)
+    ]
+    assert not any(c.borderline_reason.startswith("SVM unsure") for c in strict)
+    assert sum(c.borderline for c in strict) < sum(c.borderline for c in served)
+
+
+def _with_margin(repo64, tmp_path, margin: str):
+    import shutil
+
+    from smr.export.manifest import build_manifest, write_manifest
+
+    repo = tmp_path / "repo"
+    shutil.copytree(repo64, repo)
+    cfg = repo / "smr_postprocess/config.pbtxt"
+    cfg.write_text(cfg.read_text().replace('string_value: "0.05"', f'string_value: "{margin}"'))
+    write_manifest(repo, build_manifest(repo, list(MODEL_NAMES)))
+    return repo
+
+
+def test_the_model_flags_with_its_review_margin_parameter(repo64, tmp_path, postprocess):
+    model = fake.load_model(_with_margin(repo64, tmp_path, "0.0"), "smr_postprocess")
+    assert model.review_margin == 0.0
+    embeddings = np.random.default_rng(2).normal(size=(64, 256)).astype(np.float32)
+    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+    strict, default = _served(model, embeddings), _served(postprocess, embeddings)
+    np.testing.assert_array_equal(strict["STAGE"], default["STAGE"])
+    assert np.count_nonzero(strict["BORDERLINE"] & 1) == 0 < np.count_nonzero(default["BORDERLINE"] & 1)
+
+
+def test_a_bad_review_margin_is_refused_at_load(repo64, tmp_path):
+    with pytest.raises(ValueError, match="parameter review_margin '2'.*margin must lie in"):
+        fake.load_model(_with_margin(repo64, tmp_path, "2"), "smr_postprocess")

@@ -11,7 +11,7 @@ import fake_triton_utils as fake
 import onnx
 import pytest
 
-from smr.export import tensors as T
+from smr.core import contract as C
 from smr.export.check import check_repository
 from smr.export.manifest import MANIFEST_FILE, ManifestError, sha256_file, verify_manifest, write_manifest
 from smr.export.pbtxt import parse_config, to_text
@@ -50,7 +50,7 @@ def test_layout_and_manifest_cover_every_file(repo64, run64):
     assert sorted(manifest["files"]) == [f for f in files if f != MANIFEST_FILE]
     for rel, entry in manifest["files"].items():
         assert entry["sha256"] == sha256_file(repo64 / rel)
-    for name in T.MODEL_NAMES:
+    for name in C.MODEL_NAMES:
         assert (repo64 / name / "1").is_dir()
     # the run it came from, and the artifacts are byte copies of the run's
     assert manifest["run"]["path"] == str(run64.path.resolve())
@@ -103,6 +103,8 @@ def test_names_agree_between_graph_configs_and_ensemble(repo64, run64):
         "CLASS_ID": ("TYPE_INT32", [1]),
         "MATURITY": ("TYPE_FP32", [n_lineages]),
         "CURVE_DISTANCE": ("TYPE_FP32", [n_lineages]),
+        "STAGE": ("TYPE_INT32", [n_lineages]),
+        "BORDERLINE": ("TYPE_UINT8", [1]),
         "EMBEDDING": ("TYPE_FP32", [256]),
     }
     from tritonclient.grpc import model_config_pb2 as mc
@@ -146,6 +148,9 @@ def test_names_agree_between_graph_configs_and_ensemble(repo64, run64):
     curves = json.loads((run64.path / "curves.json").read_text())["lineages"]
     assert [lin["boundaries"] for lin in lineages] == [c["boundaries"] for c in curves]
     assert params["image_size"] == "64"
+    # the review margin the postprocess flags cells with, announced to clients
+    assert params["review_margin"] == "0.05"
+    assert pp.parameters["review_margin"].string_value == "0.05"
     assert bb.platform == "onnxruntime_onnx" and pp.backend == "python"
     for cfg in (ens, bb, pp):
         assert cfg.max_batch_size == 64
@@ -355,3 +360,69 @@ def test_val_macro_f1_comes_from_the_run_result(run64, tmp_path):
     write_result(run, {"best_epoch": 3, "best_val_macro_f1": 0.712345})
     params = model_parameters(load_run(run, model=False), run)
     assert params["val_macro_f1"] == "0.7123"
+
+
+# -- the review outputs (STAGE, BORDERLINE) and their margin -----------------------------------------
+
+
+def _edit_config(repo: Path, model: str, edit) -> None:
+    rel = f"{model}/config.pbtxt"
+    config = parse_config(repo / rel)
+    edit(config)
+    (repo / rel).write_text(to_text(config))
+    _reseal(repo, rel)
+
+
+def _drop_review(config) -> None:
+    """What a config exported before STAGE and BORDERLINE looked like."""
+    kept = [t for t in config.output if t.name not in C.REVIEW_OUTPUTS]
+    del config.output[:]
+    config.output.extend(kept)
+    if C.REVIEW_MARGIN_PARAMETER in config.parameters:
+        del config.parameters[C.REVIEW_MARGIN_PARAMETER]
+    for step in config.ensemble_scheduling.step:
+        for name in C.REVIEW_OUTPUTS:
+            if name in step.output_map:
+                del step.output_map[name]
+
+
+def _set_margin(value: str):
+    def edit(config) -> None:
+        config.parameters[C.REVIEW_MARGIN_PARAMETER].string_value = value
+
+    return edit
+
+
+def test_a_review_margin_the_ensemble_announces_wrongly_is_caught(repo_copy):
+    assert check_repository(repo_copy).facts["review_margin"] == 0.05
+    _edit_config(repo_copy, C.POSTPROCESS, _set_margin("0.1"))
+    problems = check_repository(repo_copy).problems
+    assert problems == [
+        "smr/config.pbtxt: review_margin 0.05 disagrees with smr_postprocess's 0.1, the one its flags are "
+        "computed with"
+    ]
+    _edit_config(repo_copy, C.ENSEMBLE, _set_margin("1.5"))
+    problems = check_repository(repo_copy).problems
+    assert problems == ["smr/config.pbtxt: parameter review_margin '1.5' is not a margin in [0, 1]"]
+
+
+def test_a_repository_from_before_the_review_outputs_still_passes_its_check(repo_copy):
+    """Exported before STAGE/BORDERLINE: consistent with the contract of its time (clients derive them)."""
+    _edit_config(repo_copy, C.ENSEMBLE, _drop_review)
+    _edit_config(repo_copy, C.POSTPROCESS, _drop_review)
+    result = check_repository(repo_copy)
+    assert result.problems == [] and result.facts["review_margin"] is None
+    # half of it is not: the postprocess computes STAGE, the ensemble does not return it
+    _edit_config(repo_copy, C.POSTPROCESS, _set_margin("0.05"))
+    problems = check_repository(repo_copy).problems
+    assert any(p.startswith("smr/config.pbtxt outputs: tensors") and "STAGE" in p for p in problems), problems
+
+
+def test_the_python_backbone_carries_the_contract_it_imports(repo224_python):
+    core = Path(C.__file__).parent
+    vendored = repo224_python / "smr_backbone/1/smr_core"
+    assert sorted(p.name for p in vendored.iterdir()) == ["__init__.py", "contract.py"]
+    for name in ("__init__.py", "contract.py"):
+        assert (vendored / name).read_bytes() == (core / name).read_bytes()
+    manifest = json.loads((repo224_python / MANIFEST_FILE).read_text())
+    assert "smr_backbone/1/smr_core/contract.py" in manifest["files"]

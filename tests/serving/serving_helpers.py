@@ -113,13 +113,18 @@ def export_untrained_repository(tmp: Path, data: Path | None = None, image_size:
 
 
 class OfflinePipeline:
-    """The reference: onnxruntime on model.onnx, the numpy SVM and the core's curve projection."""
+    """The reference: onnxruntime on model.onnx, the numpy SVM, the core's curve projection, and the
+    stages and review flags by ``smr.core.review`` (the rule a client applies to outputs it lacks)."""
+
+    EDGE = 1e-4  # a position this close to a stage boundary, a gap this close to the margin: either way
 
     def __init__(self, repo: Path) -> None:
         import onnxruntime as ort
 
         from smr.core.curves_json import curves_from_json
+        from smr.core.review import class_stages
         from smr.core.svm import RbfSvm
+        from smr.export.pbtxt import parse_config
 
         self.session = ort.InferenceSession(
             str(repo / "smr_backbone" / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
@@ -127,19 +132,34 @@ class OfflinePipeline:
         post = repo / "smr_postprocess" / "1"
         self.svm = RbfSvm.from_dict(json.loads((post / "svm.json").read_text()))
         self.curves = curves_from_json(json.loads((post / "curves.json").read_text()))
+        self.class_stage = class_stages(list(self.svm.classes), [lc.classes for lc in self.curves])
+        config = parse_config(repo / "smr_postprocess" / "config.pbtxt")
+        self.margin = float(config.parameters["review_margin"].string_value)
 
     def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """The ensemble's outputs by name, and ``review_clear``: the cells whose STAGE and BORDERLINE
+        no float rounding can change (not on a stage boundary, a tie or the margin)."""
         from smr.core.curves_json import project_all
+        from smr.core.review import review
 
         embedding = self.session.run(["EMBEDDING"], {"IMAGE": images})[0]
         probabilities = self.svm.predict_proba(embedding.astype(np.float64))
         t, distance = project_all(self.curves, embedding.astype(np.float64))
+        class_id = probabilities.argmax(axis=1)
+        boundaries = [lc.boundaries for lc in self.curves]
+        cells = review(probabilities, class_id, t, boundaries, self.class_stage, self.margin)
+        near = [np.abs(t[:, [j]] - b[None, :]).min(axis=1) <= self.EDGE for j, b in enumerate(boundaries)]
+        top2 = np.sort(probabilities, axis=1)[:, -2:]
+        clear = ~np.any(near, axis=0) & (top2[:, 1] - top2[:, 0] > self.EDGE)
         return {
             "EMBEDDING": embedding,
             "PROBABILITIES": probabilities,
-            "CLASS_ID": probabilities.argmax(axis=1)[:, None],
+            "CLASS_ID": class_id[:, None],
             "MATURITY": t,
             "CURVE_DISTANCE": distance,
+            "STAGE": cells.stage,
+            "BORDERLINE": cells.flags[:, None],
+            "review_clear": clear & (np.abs(cells.gap - self.margin) > self.EDGE),
         }
 
 

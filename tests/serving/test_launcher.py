@@ -17,6 +17,7 @@ import pytest
 from serving_helpers import SMR, metric_samples, port_is_open, scrape, write_toy_model
 
 from smr.serving.launcher import (
+    ProbeError,
     RepositoryError,
     TritonNotFoundError,
     TritonProcess,
@@ -34,6 +35,29 @@ def _fake_binary(path: Path) -> Path:
     path.write_text("#!/bin/sh\nexit 0\n")
     path.chmod(path.stat().st_mode | stat.S_IXUSR)
     return path
+
+
+# --------------------------------------------------------------------------------------------
+# Triton's messages
+
+STUB_DEAD = (
+    "Failed to process the request(s) for model 'smr_backbone_0_0', message: "
+    "Stub process 'smr_backbone_0_0' is not healthy."
+)
+
+
+def test_the_probe_and_the_clients_read_triton_s_messages_alike():
+    """A dead stub restarts the server (the supervisor) and is retried (the clients): one test of
+    Triton's text, in smr.serving.triton_messages, serves both."""
+    from smr.clients import retry
+    from smr.serving import triton_messages
+
+    assert ProbeError(STUB_DEAD, "StatusCode.INTERNAL").stub_died
+    assert not ProbeError("Request for unknown model: 'smr' is not found", "StatusCode.NOT_FOUND").stub_died
+    assert triton_messages.is_stub_unhealthy(STUB_DEAD)
+    assert retry.is_stub_unhealthy is triton_messages.is_stub_unhealthy
+    assert triton_messages.is_unknown_model("Request for unknown model: 'smr' is not found")
+    assert not triton_messages.is_unknown_model(STUB_DEAD)
 
 
 # --------------------------------------------------------------------------------------------

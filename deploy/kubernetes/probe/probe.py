@@ -21,6 +21,8 @@ import sys
 import urllib.error
 import urllib.request
 
+# The names of smr/core/contract.py (ENSEMBLE, IMAGE, PROBABILITIES), spelled out here: this script
+# runs in the Triton container without the smr package (keep them equal to that module's)
 MODEL = "smr"
 INPUT = "IMAGE"
 LIVE_PATH = "/v2/health/live"
