@@ -71,7 +71,7 @@ def _run_at(run: Path, size: int, tmp: Path) -> Path:
     copy = tmp / f"run-{size}"
     if not copy.exists():
         shutil.copytree(run, copy, ignore=shutil.ignore_patterns("checkpoint.pt"))
-        doc["config"]["image_size"] = size
+        doc["config"]["image_size"] = doc["image_size"] = size
         (copy / "config.json").write_text(json.dumps(doc, indent=2))
     return copy
 
