@@ -212,9 +212,16 @@ def _train_step(args: argparse.Namespace, paths: _Paths) -> None:
 
 
 def _export_step(paths: _Paths) -> None:
-    """3/5: the Triton model repository (always exported again: quick, and checked on the way)."""
+    """3/5: the Triton model repository (always exported again: quick, and checked on the way).
+
+    The backbone runs in OpenVINO at the fastest precision that passes export's accuracy check on
+    this machine (``--precision auto``: bf16 where the CPU has a bf16 path, int8 or fp32 elsewhere);
+    export's last line says which. The embedded server has the python backend only, which runs it.
+    """
     t0 = _step(f"3/5 export to a Triton model repository -> {paths.repo}")
-    _smr(["export", paths.run_dir, "--repository", paths.repo, "--runtime", "python"])
+    _smr(
+        ["export", paths.run_dir, "--repository", paths.repo, "--runtime", "openvino", "--precision", "auto"]
+    )
     _done(t0, "repository exported and checked")
 
 
