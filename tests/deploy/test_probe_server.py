@@ -126,7 +126,7 @@ def test_probes_pass_on_a_serving_model_and_fail_on_a_broken_one(stand_in):
         assert done.returncode == 0, done.stderr
     mode.write_text("nan")
     done = run_probe("ready", server.http_url)
-    assert done.returncode == 1 and "not a probability distribution" in done.stderr, done.stderr
+    assert done.returncode == 1 and "PROBABILITIES is not finite" in done.stderr, done.stderr
     mode.write_text("fail")
     done = run_probe("ready", server.http_url)
     assert done.returncode == 1 and "stand-in failure" in done.stderr, done.stderr
