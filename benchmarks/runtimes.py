@@ -7,8 +7,12 @@ of same-class cells against onnxruntime FP32 on the run's validation images (the
 relaxed here so that a failing precision is still measured; the table says whether it passes the
 export's default check: <= 1 pp macro-F1 loss, >= 97 % same class). Then one tritonserver per
 configuration is started, all at once, and the configurations are measured in turns, in-process
-(``smr bench --baseline``'s loop on the same engine) and served (``smr bench``'s client processes),
-``--rounds`` times; each figure is the best round. The CPU's flags are printed with the table.
+(``smr bench --baseline``'s loop on the same engine, with the scheduling settings the served model
+reads from its config) and served (``smr bench``'s client processes), ``--rounds`` times, once
+each per ``--concurrency`` (in-process, served, in-process, served ...: both sides get as many
+tries); each figure is the best of them, served at the best concurrency. A second table shows
+where a served cell's CPU time goes (the backbone's stub, the postprocess's stub, tritonserver,
+the clients) against the in-process CPU time. The CPU's flags are printed with the tables.
 
 A size other than the run's is exported from a copy of the run with that ``image_size`` (the same
 weights; DenseNet is fully convolutional): its speed is the network's at that size, its accuracy
@@ -16,6 +20,8 @@ figures compare precisions at that size, not the run's accuracy.
 
     .venv/bin/python benchmarks/runtimes.py --run RUN --out /tmp/smr-runtimes \\
         --markdown /tmp/smr-runtimes/table.md
+    .venv/bin/python benchmarks/runtimes.py --run RUN --out /tmp/smr-rt --sizes 96 \\
+        --configs onnxruntime:fp32,openvino:bf16 --concurrency 1,2,4 --batch 64
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from smr.core.contract import BACKBONE, POSTPROCESS
 from smr.export.pbtxt import ServingOptions
 from smr.export.precision import MAX_F1_LOSS, MIN_AGREEMENT
 from smr.export.repository import ExportOptions, export_repository
@@ -61,6 +68,25 @@ class Row:
         results = self.in_process if mode == "in-process" else self.served
         values = [getattr(r, key) for r in results if not math.isnan(getattr(r, key))]
         return max(values) if values else math.nan
+
+    def fastest_served(self) -> BenchResult | None:
+        """The served result with the most cells/s (its concurrency, batch formed, postprocess share)."""
+        return max(self.served, key=lambda r: r.cells_per_s, default=None)
+
+
+def chosen_configs(spec: str) -> tuple[tuple[str, str, str], ...]:
+    """The CONFIGS named by ``spec`` ("onnxruntime:fp32,openvino:bf16"; "all": every one)."""
+    if spec.strip() == "all":
+        return CONFIGS
+    wanted = [item.strip().lower() for item in spec.split(",") if item.strip()]
+    known = {f"{label}:{precision}": (label, runtime, precision) for label, runtime, precision in CONFIGS}
+    unknown = [w for w in wanted if w not in known]
+    if unknown or not wanted:
+        raise SystemExit(f"--configs: unknown {unknown or spec!r}; choose from {', '.join(known)} or all")
+    chosen = [known[w] for w in wanted]
+    if chosen[0][0] != "onnxruntime" or chosen[0][2] != "fp32":  # the reference of the table's ratios
+        chosen = [known["onnxruntime:fp32"], *[c for c in chosen if c != known["onnxruntime:fp32"]]]
+    return tuple(chosen)
 
 
 def _run_at(run: Path, size: int, tmp: Path) -> Path:
@@ -98,7 +124,7 @@ def _export(run: Path, repo: Path, runtime: str, precision: str, eval_images: in
 
 def bench_size(args, run: Path, size: int) -> list[Row]:
     rows, repos = [], []
-    for label, runtime, precision in CONFIGS:
+    for label, runtime, precision in args.configs:
         row = Row(size, label, precision)
         repo = args.out / f"{size}px-{label}-{precision}"
         if repo.exists():
@@ -114,45 +140,63 @@ def bench_size(args, run: Path, size: int) -> list[Row]:
         engines = [backbone_engine(repo) for repo in repos]
         for turn in range(args.rounds):
             for row, server, engine in zip(rows, servers, engines, strict=True):
-                row.in_process.append(
-                    bench_in_process(
-                        engine, shape, batch_size=args.batch, duration=args.duration, warmup=args.warmup
-                    )
-                )
-                row.served.append(
-                    bench_served(
-                        server.grpc_url,
-                        batch_size=args.batch,
-                        concurrency=args.concurrency,
-                        duration=args.duration,
-                        warmup=args.warmup,
-                        image_shape=shape,
-                        server_pid=server.pid,
-                    )  # fmt: skip
-                )
-                print(
-                    f"  round {turn + 1} {size} px {row.runtime} {row.precision}: in-process "
-                    f"{row.in_process[-1].cells_per_s:.1f}, served {row.served[-1].cells_per_s:.1f} cells/s",
-                    flush=True,
-                )
+                _measure_turn(row, server, engine, shape, args, turn)
     finally:
         for server in servers:
             server.stop()
     return rows
 
 
+def _measure_turn(row: Row, server, engine, shape: tuple[int, ...], args, turn: int) -> None:
+    """One turn of a configuration: in-process, then served, once per concurrency (so that the
+    in-process side gets as many tries as the served one)."""
+    inproc, served = [], []
+    for concurrency in args.concurrency:
+        inproc.append(
+            bench_in_process(engine, shape, batch_size=args.batch, duration=args.duration, warmup=args.warmup)
+        )
+        served.append(
+            bench_served(
+                server.grpc_url,
+                batch_size=args.batch,
+                concurrency=concurrency,
+                duration=args.duration,
+                warmup=args.warmup,
+                image_shape=shape,
+                server_pid=server.pid,
+            )  # fmt: skip
+        )
+    row.in_process += inproc
+    row.served += served
+    print(
+        f"  round {turn + 1} {row.size} px {row.runtime} {row.precision}: in-process "
+        + ", ".join(f"{r.cells_per_s:.1f} ({r.cells_per_cpu_s:.1f} per CPU-s)" for r in inproc)
+        + " cells/s; served "
+        + ", ".join(
+            f"c{r.concurrency} {r.cells_per_s:.1f} ({r.cells_per_cpu_s:.1f}, batch {r.avg_batch:.0f}, "
+            f"post {100 * r.postprocess_share:.1f}%)"
+            for r in served
+        ),
+        flush=True,
+    )
+
+
 def markdown(rows: list[Row], cpu: dict, args) -> str:
     lines = [
         f"CPU: {cpu['model']} ({cpu['machine']}), {args.cores} cores; flags: {', '.join(cpu['flags'])}",
         "",
-        f"Batch {args.batch}; served: {args.concurrency} client processes; best of {args.rounds} rounds "
-        f"of {args.duration:.0f} s, the configurations in turns. Macro-F1 change and same class: against "
-        f"onnxruntime FP32 on {args.eval_images or 'all'} validation images of the run.",
+        f"Batch {args.batch}; served: {', '.join(map(str, args.concurrency))} client processes; "
+        f"{args.rounds} rounds, the configurations in turns, in-process and served measured alternately "
+        f"({args.duration:.0f} s each, once per concurrency); each figure is the best. Best c: the "
+        "concurrency of the most served cells/s, with the batch the "
+        "dynamic batcher formed and the postprocess's share of a cell's compute time there. Macro-F1 "
+        f"change and same class: against onnxruntime FP32 on {args.eval_images or 'all'} validation "
+        "images of the run.",
         "",
         "| size | runtime | precision | in-process cells/s | served cells/s | served / in-process | "
-        "in-process cells/CPU-s | served cells/CPU-s | CPU-s ratio | served × ORT FP32 | "
-        "macro F1 change | same class | check |",
-        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "in-process cells/CPU-s | served cells/CPU-s | CPU-s ratio | best c | batch formed | post share | "
+        "served × ORT FP32 | macro F1 change | same class | check |",
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for size in sorted({r.size for r in rows}):
         group = [r for r in rows if r.size == size]
@@ -161,13 +205,42 @@ def markdown(rows: list[Row], cpu: dict, args) -> str:
         for r in group:
             ip, sv = r.best("in-process", "cells_per_s"), r.best("served", "cells_per_s")
             ipc, svc = r.best("in-process", "cells_per_cpu_s"), r.best("served", "cells_per_cpu_s")
+            top = r.fastest_served()
+            if top is None:
+                continue
             lines.append(
                 f"| {size} | {r.runtime} | {r.precision.upper()} | {ip:.1f} | {sv:.1f} | {sv / ip:.2f} | "
-                f"{ipc:.1f} | {svc:.1f} | {svc / ipc:.2f} | {sv / base_served:.2f} | "
+                f"{ipc:.1f} | {svc:.1f} | {svc / ipc:.2f} | {top.concurrency} | {top.avg_batch:.1f} | "
+                f"{100 * top.postprocess_share:.1f}% | {sv / base_served:.2f} | "
                 f"{100 * r.f1_change:+.2f} pp | {100 * r.agreement:.1f}% | "
                 f"{'passes' if r.passes else 'refused'} |"
             )
-    return "\n".join(lines)
+    return "\n".join(lines + ["", *cpu_table(rows)])
+
+
+def cpu_table(rows: list[Row]) -> list[str]:
+    """Where a served cell's CPU time goes, at the concurrency of the most served cells/s."""
+    lines = [
+        "CPU ms per cell: in-process (the best try) against served at the best concurrency, the "
+        "server's process tree by part, and the client processes (not part of the server's figure).",
+        "",
+        "| size | runtime | precision | in-process | served: backbone stub | postprocess stub | "
+        "tritonserver | server total | extra | clients |",
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        top = r.fastest_served()
+        inproc = min((x.cpu_ms_per_cell() for x in r.in_process), default=math.nan)
+        if top is None:
+            continue
+        parts = [top.cpu_ms_per_cell(role) for role in (BACKBONE, POSTPROCESS, "server")]
+        total = top.cpu_ms_per_cell()
+        lines.append(
+            f"| {r.size} | {r.runtime} | {r.precision.upper()} | {inproc:.3f} | "
+            + " | ".join(f"{v:.3f}" for v in parts)
+            + f" | {total:.3f} | {total - inproc:+.3f} | {top.cpu_ms_per_cell('client'):.3f} |"
+        )
+    return lines
 
 
 def main(argv=None) -> int:
@@ -180,7 +253,19 @@ def main(argv=None) -> int:
         "--sizes", default="96,224", help="image sizes, comma-separated (default: %(default)s)"
     )
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument(
+        "--concurrency",
+        type=lambda text: [int(c) for c in text.split(",")],
+        default=[2],
+        help="client processes, comma-separated; the best is reported (default: 2)",
+    )
+    parser.add_argument(
+        "--configs",
+        type=chosen_configs,
+        default=CONFIGS,
+        help="runtime:precision pairs, comma-separated, e.g. onnxruntime:fp32,openvino:bf16 (default: all; "
+        "onnxruntime:fp32, the reference, is always measured)",
+    )
     parser.add_argument("--duration", type=float, default=4.0)
     parser.add_argument("--warmup", type=float, default=1.5)
     parser.add_argument("--rounds", type=int, default=2)

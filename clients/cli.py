@@ -76,10 +76,11 @@ def _add_server_args(p: argparse.ArgumentParser, *, metrics: bool = True) -> Non
     g.add_argument(
         "--margin",
         type=_margin,
-        default=DEFAULT_MARGIN,
+        default=None,
         metavar="T",
         help="flag a cell for review when its two most probable classes differ by less than T in SVM "
-        "probability (0..1; default: %(default)s)",
+        f"probability (0..1; default: the server's, the model's own; {DEFAULT_MARGIN:g} where it serves "
+        "none)",
     )
     if metrics:
         g.add_argument(

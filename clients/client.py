@@ -45,7 +45,7 @@ from .errors import ModelConfigError, ServerRequestError, ServerUnavailableError
 from .images import stack_images
 from .metrics import ClientMetrics
 from .model_info import ModelInfo, model_info_from_config
-from .results import DEFAULT_MARGIN, BatchOutputs, CellResult, cells_from_outputs
+from .results import BatchOutputs, CellResult, cells_from_outputs
 from .retry import (
     DEADLINE,
     DEFAULT_BACKOFF,
@@ -392,7 +392,7 @@ class ClientCore:
     requested_batch_size: int | None  # None: the server's max_batch_size
     max_in_flight: int
     resize: bool
-    margin: float
+    margin: float | None
     embeddings: bool
     metrics: ClientMetrics | None
 
@@ -414,7 +414,7 @@ class ClientCore:
         batch_size: int | None = None,
         max_in_flight: int = 4,
         resize: bool = False,
-        margin: float = DEFAULT_MARGIN,
+        margin: float | None = None,
         embeddings: bool = False,
         metrics: ClientMetrics | None = None,
     ) -> None:
@@ -441,7 +441,7 @@ class ClientCore:
         batch_size: int | None,
         max_in_flight: int,
         resize: bool,
-        margin: float,
+        margin: float | None,
         embeddings: bool,
         metrics: ClientMetrics | None,
     ) -> None:
@@ -450,7 +450,7 @@ class ClientCore:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
-        if margin < 0:
+        if margin is not None and margin < 0:
             raise ValueError(f"margin must be >= 0, got {margin}")
         self.requested_batch_size = batch_size
         self.max_in_flight = max_in_flight
@@ -593,7 +593,7 @@ class SMRClient(ClientCore):
             holds across threads that share the client.
         resize: resize images of the wrong size (PIL, bilinear) instead of rejecting them.
         margin: a cell whose two most probable classes differ by less than this in SVM probability is
-            flagged for review (:mod:`.results`).
+            flagged for review (:mod:`.results`); None: the server's margin.
         embeddings: also fetch the 256-d embeddings.
         metrics: :class:`ClientMetrics` to record cells, latencies, retries and errors in.
     """

@@ -174,6 +174,8 @@ class Journal:
             "version": VERSION,
             "model": info.signature(),
             "run": json.loads(json.dumps(run)),
+            # the served flags' margin, for smr recount (not a reason to refuse resuming)
+            "review_margin": info.review_margin,
         }
         if restart:
             csv_path.unlink(missing_ok=True)
@@ -187,7 +189,7 @@ class Journal:
                 raise InputError(
                     f"{meta_path}: not an SMR scoring journal of version {VERSION}; pass --restart"
                 )
-            changed = _differences(stored, meta)
+            changed = [c for c in _differences(stored, meta) if c != "review_margin"]
             if changed:
                 raise InputError(
                     f"{directory} holds results of a different scoring run (changed: {', '.join(changed)}); "

@@ -77,7 +77,7 @@ def read_scored_run(folder: str | Path, *, margin: float | None = None) -> Score
     """The model and every scored cell of a score-slide folder, from its journal (no server needed)."""
     from .errors import InputError
     from .journal import JOURNAL_CSV, JOURNAL_META
-    from .results import DEFAULT_MARGIN, cells_from_outputs
+    from .results import cells_from_outputs
 
     folder = Path(folder)
     meta_path, csv_path = folder / JOURNAL_META, folder / JOURNAL_CSV
@@ -88,7 +88,7 @@ def read_scored_run(folder: str | Path, *, margin: float | None = None) -> Score
         )
     meta, info = _read_journal_meta(meta_path)
     ids, outputs = _read_journal_rows(csv_path, info)
-    results = cells_from_outputs(info, outputs, margin=DEFAULT_MARGIN if margin is None else margin)
+    results = cells_from_outputs(info, outputs, margin=margin)  # None: the served margin
     provenance = _read_provenance(folder / "summary.json")
     return ScoredRun(folder, info, dict(zip(ids, results, strict=True)), meta, provenance)
 
@@ -115,6 +115,7 @@ def _read_journal_meta(meta_path: Path) -> tuple[dict[str, Any], Any]:
             ),
             image_size=int(model["image_size"]),
             max_batch_size=1,
+            review_margin=meta.get("review_margin"),  # None: journals before margins were recorded
         )
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise InputError(
@@ -426,7 +427,7 @@ def _report_data(
 ):
     """The report after review: the reviewer's count beside SMR's, the corrections marked."""
     from .report import ReportData
-    from .results import DEFAULT_MARGIN
+    from .results import review_margin
 
     slide_name = (run.meta.get("run") or {}).get("slide", {}).get("name") or scored.name
     return ReportData(
@@ -440,7 +441,7 @@ def _report_data(
         galleries=galleries,
         provenance=run.provenance,
         corrections=review.corrections,
-        margin=DEFAULT_MARGIN,
+        margin=review_margin(run.info),
         facts={
             "reviewed objects": f"{Path(corrected).name}: {len(review.coordinates)} objects",
             "scoring run": str(scored),

@@ -18,8 +18,8 @@ The rule is :func:`smr.core.review.review`, which the server applies too: an ens
 ``STAGE`` and ``BORDERLINE`` (:attr:`ModelInfo.serves_review`) sends the stages, and its flags are
 used as they are when the client's margin is the served one; otherwise (another margin, or a
 repository exported before those outputs) the same function derives them here from the other
-outputs, with the same result. The thresholds were chosen on the validation splits of synthetic
-training runs, not on the slides they were tested on (docs/clients.md, "Cells flagged for review").
+outputs, with the same result. Without a margin of its own the client takes the server's
+(:func:`review_margin`): the model's, chosen on its validation split when it was trained.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from .model_info import ModelInfo
 
 __all__ = [
     "DEFAULT_MARGIN",
+    "review_margin",
     "STAGE_GAP",
     "BEFORE_START",
     "BEYOND_END",
@@ -190,6 +191,14 @@ def _words(name: str) -> str:
     return name.replace("_", " ")
 
 
+def review_margin(info: ModelInfo, margin: float | None = None) -> float:
+    """The margin cells are flagged with: ``margin`` when given, else the server's (its flags then
+    apply as served), else :data:`DEFAULT_MARGIN` (a repository that serves no flags)."""
+    if margin is not None:
+        return margin
+    return DEFAULT_MARGIN if info.review_margin is None else info.review_margin
+
+
 def _review(
     info: ModelInfo,
     outputs: BatchOutputs,
@@ -225,11 +234,12 @@ def _reason(flags: int, name: str, own_p: float, runner: str, runner_p: float, c
 
 
 def cells_from_outputs(
-    info: ModelInfo, outputs: BatchOutputs, *, margin: float = DEFAULT_MARGIN
+    info: ModelInfo, outputs: BatchOutputs, *, margin: float | None = None
 ) -> list[CellResult]:
     """Turn a batch's outputs into :class:`CellResult` objects (stage estimates, review flags).
 
-    ``margin``: a cell whose two most probable classes differ by less than this is flagged. The
+    ``margin``: a cell whose two most probable classes differ by less than this is flagged (None:
+    the server's, :func:`review_margin`). The
     served ``STAGE`` and ``BORDERLINE`` are used where ``outputs`` has them (the flags only when
     ``margin`` is the server's); otherwise :func:`smr.core.review.review` derives them.
     """
@@ -240,6 +250,7 @@ def cells_from_outputs(
     n_lin = len(info.lineages)
     maturity = np.asarray(outputs.maturity, dtype=np.float32).reshape(n, n_lin)
     distance = np.asarray(outputs.distance, dtype=np.float32).reshape(n, n_lin)
+    margin = review_margin(info, margin)
     result = _review(info, outputs, probs, class_id, maturity, margin)  # ValueError: bad margin, ids
     class_lineage = [info.lineage_of(c) for c in info.classes]
 

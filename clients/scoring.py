@@ -37,7 +37,7 @@ from .patches import (
     slide_resolution,
 )
 from .report import ReportData, ReviewGalleries, review_galleries, write_report
-from .results import CellResult, cells_from_outputs
+from .results import CellResult, cells_from_outputs, review_margin
 from .slides import Slide, open_slide
 from .summary import DifferentialCount, ReviewYield, count_cells, differential_count, review_yield
 
@@ -173,7 +173,8 @@ def score_slide(
         galleries = review_galleries(
             score.info, cells, coordinates, crop, per_class=per_class, flagged=gallery
         )
-        _write_outputs(score, detections, cells, geom, galleries, facts, client.margin, title)
+        margin = review_margin(score.info, client.margin)
+        _write_outputs(score, detections, cells, geom, galleries, facts, margin, title)
         return score
 
 
@@ -246,7 +247,9 @@ def _slide_score(
     return score, dict(zip(scored_ids, results, strict=True))
 
 
-def _journal_results(journal: Journal, info: ModelInfo, ids: list[str], margin: float) -> list[CellResult]:
+def _journal_results(
+    journal: Journal, info: ModelInfo, ids: list[str], margin: float | None
+) -> list[CellResult]:
     """The cells ``ids`` from the journal, where every one must be."""
     missing = [i for i in ids if i not in journal]
     if missing:  # cannot happen unless the journal was edited while we ran
@@ -281,7 +284,7 @@ def _run_facts(
         f"({len(score.outside_ids)} outside the slide)",
         "server": f"{client.url}, model {info.name} ({len(info.classes)} classes, "
         f"lineages {', '.join(info.lineage_names)})",
-        "review margin": f"{client.margin:g} in SVM probability",
+        "review margin": f"{review_margin(info, client.margin):g} in SVM probability",
         **({"review against the reference": score.review.line()} if score.review is not None else {}),
         "this run": _timing_text(fresh, score.seconds, score.resumed),
     }

@@ -9,7 +9,11 @@ Checks, each reported with the file it concerns:
 - tensor names, data types and shapes agree between the ONNX graph, the three configs and the
   ensemble's input/output maps, and with the contract's table (``tensors.py``);
 - the ensemble's ``classes``/``lineages`` parameters agree with ``svm.json`` and ``curves.json``,
-  and its ``review_margin`` with the one ``smr_postprocess`` applies.
+  and its ``review_margin`` with the one ``smr_postprocess`` applies;
+- a backbone on Triton's openvino backend (``--runtime openvino-backend``) names ``model.onnx``,
+  is not batched by Triton (``max_batch_size: 0``, dims ``[-1, ...]``), runs CPU instances, has
+  only parameters the backend accepts, and asks for BF16 exactly when the manifest says BF16
+  (``openvino_backend.config_problems``).
 
 A repository exported before the outputs ``STAGE`` and ``BORDERLINE`` existed (no ``review_margin``
 either) is checked against the contract of its time (``facts["review_margin"]`` is None).
@@ -233,14 +237,18 @@ def _check_review_margin(ensemble, post, meta: _Metadata, result: CheckResult) -
 
 
 def _check_tensor_table(configs: dict[str, Any], meta: _Metadata, problems: list[str]) -> None:
-    """Every config's inputs and outputs against the contract's table (``tensors.py``)."""
+    """Every config's inputs and outputs against the contract's table (``tensors.py``); a backbone
+    without Triton batching (``max_batch_size: 0``) has the batch as its dims' first, variable one."""
     n_classes, n_lineages, dim = len(meta.classes), len(meta.lineages), meta.embedding_dim
+    backbone = (T.backbone_inputs(meta.image_size), T.backbone_outputs(dim))
+    if configs[C.BACKBONE].max_batch_size == 0:
+        backbone = (T.unbatched(backbone[0]), T.unbatched(backbone[1]))
     expected = {
         C.ENSEMBLE: (
             T.backbone_inputs(meta.image_size),
             T.ensemble_outputs(n_classes, n_lineages, dim, review=meta.review),
         ),
-        C.BACKBONE: (T.backbone_inputs(meta.image_size), T.backbone_outputs(dim)),
+        C.BACKBONE: backbone,
         C.POSTPROCESS: (
             T.postprocess_inputs(dim),
             T.postprocess_outputs(n_classes, n_lineages, dim, review=meta.review),
@@ -266,20 +274,37 @@ def _check_onnx_graph(repo: Path, meta: _Metadata, problems: list[str]) -> None:
     _compare(problems, f"{rel} graph outputs", graph_out, T.backbone_outputs(meta.embedding_dim))
 
 
+def _manifest_precision(repo: Path) -> str | None:
+    """The backbone's precision as MANIFEST.json records it (None: not recorded, or no manifest)."""
+    try:
+        precision = read_manifest(repo).get("export", {}).get("precision")
+    except ManifestError:
+        return None
+    return precision.get("chosen") if isinstance(precision, dict) else None
+
+
 def _check_backends(repo: Path, configs: dict[str, Any], result: CheckResult) -> None:
-    """The backbone's platform, each python model's ``model.py``, batch sizes, the ensemble platform."""
+    """The backbone's platform or backend (Triton's openvino backend's settings too), each python
+    model's ``model.py``, batch sizes, the ensemble platform."""
+    from . import openvino_backend as OV
+
     problems = result.problems
     ensemble, backbone, post = configs[C.ENSEMBLE], configs[C.BACKBONE], configs[C.POSTPROCESS]
-    runtime = "python" if backbone.backend == "python" else backbone.platform
+    runtime = backbone.backend if backbone.backend in ("python", OV.BACKEND) else backbone.platform
     result.facts["backbone"] = runtime
-    if runtime not in ("onnxruntime_onnx", "python"):
+    if runtime not in ("onnxruntime_onnx", "python", OV.BACKEND):
         problems.append(
             f"{C.BACKBONE}/config.pbtxt: platform {backbone.platform!r} / backend {backbone.backend!r}; "
-            "expected onnxruntime_onnx or the python backend"
+            "expected onnxruntime_onnx, the openvino backend or the python backend"
         )
+    if runtime == OV.BACKEND:
+        where = f"{C.BACKBONE}/config.pbtxt"
+        problems.extend(OV.config_problems(backbone, where, precision=_manifest_precision(repo)))
     for name, config in ((C.BACKBONE, backbone), (C.POSTPROCESS, post)):
         if config.backend == "python" and not (repo / name / "1" / "model.py").is_file():
             problems.append(f"{name}/1/model.py: missing (python backend)")
+        if config.backend == OV.BACKEND:
+            continue  # no Triton batching: each request whole, at its own batch size (config_problems)
         if config.max_batch_size < ensemble.max_batch_size:
             problems.append(
                 f"{name}/config.pbtxt: max_batch_size {config.max_batch_size} < the ensemble's "

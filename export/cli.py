@@ -24,6 +24,7 @@ examples:
   smr export runs/pbc --runtime python            # for servers with only the python backend
   smr export runs/pbc --runtime openvino --precision auto   # fastest precision that passes here
   smr export runs/pbc --runtime openvino --precision bf16   # refused if it loses > 1 pp macro F1
+  smr export runs/pbc --runtime openvino-backend --precision auto   # for docker-compose's NGC Triton
   smr export runs/pbc --instance-kind gpu --tensorrt fp16
   smr export runs/pbc --quantize int8             # reports macro-F1 change and speed ratio
   smr export --check model_repository
@@ -95,13 +96,16 @@ def _add_backbone_arguments(g) -> None:
         default="onnxruntime",
         help="onnxruntime: Triton's onnxruntime backend (platform onnxruntime_onnx); python: a python "
         "backend model running the same model.onnx with onnxruntime; openvino: a python backend model "
-        "running it with OpenVINO (compiled once at load) (default: %(default)s)",
+        "running it with OpenVINO (compiled once at load); openvino-backend: Triton's own openvino "
+        "backend running model.onnx (full Triton, e.g. docker-compose's NGC image; not `smr serve`'s "
+        "embedded server, which has the python backend only) (default: %(default)s)",
     )
     g.add_argument(
         "--precision",
         choices=PRECISION_CHOICES,
         default="fp32",
-        help="the backbone's precision: fp32; bf16 (openvino only; fast with avx512_bf16 or AMX); int8 "
+        help="the backbone's precision: fp32; bf16 (openvino, openvino-backend; fast with avx512_bf16 or "
+        "AMX); int8 "
         "(the calibrated QDQ graph); auto: the fastest that passes, measured on this machine. Every "
         "precision but fp32 is checked against FP32 on the run's validation images and refused beyond "
         "--max-f1-loss / --min-agreement (default: %(default)s)",
@@ -154,11 +158,13 @@ def _add_postprocess_arguments(g) -> None:
     g.add_argument(
         "--review-margin",
         type=float,
-        default=DEFAULT_REVIEW_MARGIN,
+        default=None,
         metavar="F",
         help="the served BORDERLINE flag: a cell whose two most probable classes differ by less than "
         "this in SVM probability is flagged for review (clients with another --margin derive their own "
-        "flags) (default: %(default)s)",
+        "flags) (default: the run's own, chosen on its validation split so that the flags hold half of "
+        f"the misclassified images while flagging at most a fifth; {DEFAULT_REVIEW_MARGIN:g} for runs "
+        "trained before runs chose one)",
     )
 
 
@@ -202,7 +208,7 @@ def _add_scheduling_arguments(s) -> None:
         "--intra-op-threads",
         type=int,
         default=0,
-        help="onnxruntime threads per backbone instance; 0 leaves onnxruntime's default "
+        help="onnxruntime (or OpenVINO) threads per backbone instance; 0 leaves the runtime's default "
         "(default: %(default)s)",
     )
 
@@ -235,8 +241,16 @@ def _digest_problem(directory: Path) -> tuple[str | None, str | None]:
     return digest, None
 
 
+# what a check or an export of a backbone on Triton's openvino backend says about serving it
+_OPENVINO_BACKEND_NOTE = (
+    "note: smr_backbone runs on Triton's openvino backend: serve it with a full Triton (docker compose "
+    "--profile cpu up -d, NGC image), not `smr serve`, whose embedded server has the python backend only"
+)
+
+
 def _check(directory: Path) -> int:
     from .check import check_repository
+    from .openvino_backend import BACKEND as OPENVINO
 
     result = check_repository(directory)
     digest, problem = _digest_problem(directory) if result.ok else (None, None)
@@ -253,6 +267,8 @@ def _check(directory: Path) -> int:
         f"max batch {facts.get('max_batch_size')}; files match MANIFEST.json)\n"
         f"manifest sha256: {digest}"
     )
+    if facts.get("backbone") == OPENVINO:
+        print(_OPENVINO_BACKEND_NOTE)
     return 0
 
 
@@ -267,7 +283,8 @@ def run(args: argparse.Namespace) -> int:
     from smr.train.rundir import RunDirError
 
     from .onnx_backbone import ExportError
-    from .pbtxt import ServingOptions
+    from .openvino_backend import computed_note
+    from .pbtxt import OPENVINO_BACKEND, ServingOptions
     from .repository import DEFAULT_REPOSITORY, ExportOptions, export_repository
     from .run_images import ImagesUnavailable
 
@@ -279,7 +296,7 @@ def run(args: argparse.Namespace) -> int:
         precision = args.quantize
     if not 0 <= args.max_f1_loss <= 1 or not 0 <= args.min_agreement <= 1:
         return _fail("--max-f1-loss and --min-agreement are fractions in [0, 1] (0.01 is 1 pp)")
-    if not 0 <= args.review_margin <= 1:
+    if args.review_margin is not None and not 0 <= args.review_margin <= 1:
         return _fail(f"--review-margin {args.review_margin} is not a difference of probabilities in [0, 1]")
     try:
         serving = ServingOptions(
@@ -313,11 +330,14 @@ def run(args: argparse.Namespace) -> int:
     except ExportError as exc:  # the export itself failed (graph, parity, check)
         return _fail(str(exc), 1)
     n_files = len(result.manifest["files"])
+    computed = computed_note(result.precision, result.manifest["export"]["precision"].get("computed_in"))
     print(
         f"exported {args.run_dir} -> {result.repository} ({n_files} files, {serving.runtime} backbone "
-        f"at {result.precision.upper()}, "
+        f"at {result.precision.upper()}{computed}, "
         f"{result.seconds:.1f} s); check it with: smr export --check {result.repository}"
     )
+    if serving.runtime == OPENVINO_BACKEND:
+        print(_OPENVINO_BACKEND_NOTE)
     params = result.parameters
     scale = params.get("microns_per_pixel")
     print(

@@ -30,16 +30,20 @@ from smr.core.contract import (
 )
 from smr.serving.triton_models.engines import ENGINE_PRECISIONS, PRECISIONS
 
+from . import openvino_backend as OV
 from . import tensors as T
+from .openvino_backend import RUNTIME as OPENVINO_BACKEND
 from .tensors import TensorSpec
 
 __all__ = [
     "RUNTIMES",
+    "OPENVINO_BACKEND",
     "INSTANCE_KINDS",
     "TENSORRT_PRECISIONS",
     "PRECISIONS",
     "runtime_engine",
     "runtime_precisions",
+    "BF16_RUNTIMES",
     "ServingOptions",
     "backbone_config",
     "postprocess_config",
@@ -55,15 +59,19 @@ __all__ = [
 ]
 
 # onnxruntime: Triton's onnxruntime backend; python: the python backend running onnxruntime;
-# openvino: the python backend running OpenVINO (serving/triton_models/engines.py)
-RUNTIMES = ("onnxruntime", "python", "openvino")
+# openvino: the python backend running OpenVINO (serving/triton_models/engines.py);
+# openvino-backend: Triton's openvino backend (openvino_backend.py; not in the embedded server)
+RUNTIMES = ("onnxruntime", "python", "openvino", OPENVINO_BACKEND)
 INSTANCE_KINDS = ("cpu", "gpu")
 TENSORRT_PRECISIONS = ("fp16", "fp32")
+# the runtimes that run BF16, as the messages that refuse BF16 elsewhere name them
+BF16_RUNTIMES = f"--runtime openvino or {OPENVINO_BACKEND}"
 
 
 def runtime_engine(runtime: str) -> str:
-    """The engine (``engines.ENGINES``) that runs the backbone of ``runtime``."""
-    return "openvino" if runtime == "openvino" else "onnxruntime"
+    """The engine (``engines.ENGINES``) that runs the backbone of ``runtime`` in this process (for
+    Triton's openvino backend: the engine the export checks it with)."""
+    return "openvino" if runtime in ("openvino", OPENVINO_BACKEND) else "onnxruntime"
 
 
 def runtime_precisions(runtime: str) -> tuple[str, ...]:
@@ -79,8 +87,8 @@ class ConfigFormatError(ValueError):
 class ServingOptions:
     """How the composing models are scheduled (``smr export`` flags)."""
 
-    runtime: str = "onnxruntime"  # smr_backbone: Triton's onnxruntime backend, or the python backend
-    precision: str = "fp32"  # of the backbone: fp32, bf16 (openvino), int8 (the QDQ graph)
+    runtime: str = "onnxruntime"  # smr_backbone: Triton's onnxruntime or openvino backend, or python
+    precision: str = "fp32"  # of the backbone: fp32, bf16 (openvino, openvino-backend), int8 (QDQ graph)
     cpu_features: tuple[str, ...] = ()  # the CPU flags the precision was chosen for
     tensorrt: str | None = None  # "fp16" | "fp32": TensorRT accelerator (onnxruntime runtime only)
     max_batch_size: int = 64
@@ -88,7 +96,7 @@ class ServingOptions:
     instances: int = 1  # instances of each composing model
     max_queue_delay_us: int = 500  # dynamic batching: how long a request may wait for others
     warmup_batch_sizes: tuple[int, ...] = (1,)
-    intra_op_threads: int = 0  # onnxruntime threads per backbone instance; 0: its default
+    intra_op_threads: int = 0  # onnxruntime/OpenVINO threads per backbone instance; 0: their default
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> ServingOptions:
@@ -102,7 +110,7 @@ class ServingOptions:
         if self.precision not in runtime_precisions(self.runtime):
             fail(
                 f"--runtime {self.runtime} cannot run precision {self.precision}; it runs "
-                f"{', '.join(runtime_precisions(self.runtime))} (bf16 needs --runtime openvino)"
+                f"{', '.join(runtime_precisions(self.runtime))} (bf16 needs {BF16_RUNTIMES})"
             )
         if self.instance_kind not in INSTANCE_KINDS:
             fail(
@@ -135,8 +143,8 @@ class ServingOptions:
                 f"warm-up batch sizes {list(self.warmup_batch_sizes)} must lie in [1, max batch size "
                 f"{self.max_batch_size}]"
             )
-        if self.runtime == "openvino" and self.instance_kind != "cpu":
-            fail("--runtime openvino runs on CPU instances (--instance-kind cpu)")
+        if self.runtime in ("openvino", OPENVINO_BACKEND) and self.instance_kind != "cpu":
+            fail(f"--runtime {self.runtime} runs on CPU instances (--instance-kind cpu)")
         if self.intra_op_threads < 0:
             fail(f"intra-op threads {self.intra_op_threads} must be >= 0")
         return self
@@ -154,44 +162,81 @@ def _add_scheduling(config: mc.ModelConfig, options: ServingOptions, kind: str) 
 
 
 def _add_warmup(
-    config: mc.ModelConfig, inputs: Sequence[TensorSpec], batch_sizes: Sequence[int], *, zeros: bool = False
+    config: mc.ModelConfig,
+    inputs: Sequence[TensorSpec],
+    batch_sizes: Sequence[int],
+    *,
+    zeros: bool = False,
+    unbatched: bool = False,
 ) -> None:
+    """One warm-up sample per batch size; ``unbatched``: for a model without Triton batching, whose
+    inputs' first dimension is the batch (a sample of batch_size 1 with that dimension set)."""
     kind = "zero" if zeros else "random"
     for batch_size in batch_sizes:
-        warmup = config.model_warmup.add(name=f"{kind}_batch_{batch_size}", batch_size=batch_size)
+        warmup = config.model_warmup.add(
+            name=f"{kind}_batch_{batch_size}", batch_size=1 if unbatched else batch_size
+        )
         for spec in inputs:
             tensor = warmup.inputs[spec.name]
             tensor.data_type = mc.DataType.Value(spec.data_type)
-            tensor.dims.extend(spec.dims)
+            tensor.dims.extend((batch_size, *spec.dims[1:]) if unbatched else spec.dims)
             if zeros:
                 tensor.zero_data = True
             else:
                 tensor.random_data = True
 
 
+def _python_backbone(config: mc.ModelConfig, options: ServingOptions) -> None:
+    """The python backend's ``model.py`` (serving/triton_models/backbone_python.py) and its parameters."""
+    config.backend = "python"
+    config.parameters["onnx_file"].string_value = "model.onnx"
+    config.parameters["engine"].string_value = runtime_engine(options.runtime)
+    config.parameters["precision"].string_value = options.precision
+    config.parameters["cpu_features"].string_value = ",".join(options.cpu_features)
+    config.parameters["intra_op_threads"].string_value = str(options.intra_op_threads)
+    providers = ["CPUExecutionProvider"]
+    if options.instance_kind == "gpu":
+        providers.insert(0, "CUDAExecutionProvider")
+    if options.tensorrt:
+        providers.insert(0, "TensorrtExecutionProvider")
+        config.parameters["tensorrt_precision"].string_value = options.tensorrt
+    config.parameters["execution_providers"].string_value = ",".join(providers)
+
+
+def _openvino_backbone(
+    config: mc.ModelConfig, options: ServingOptions, *, image_size: int, embedding_dim: int
+) -> None:
+    """Triton's openvino backend (openvino_backend.py): ``model.onnx`` at each request's own batch size
+    (no Triton batching, dims [-1, ...]), one stream per instance, the precision's parameters."""
+    config.backend = OV.BACKEND
+    config.default_model_filename = OV.MODEL_FILE
+    config.max_batch_size = 0
+    parameters = OV.backend_parameters(
+        options.precision, instances=options.instances, threads=options.intra_op_threads
+    )
+    for key, value in parameters.items():
+        config.parameters[key].string_value = value
+    inputs = T.unbatched(T.backbone_inputs(image_size))
+    _add_tensors(config.input, inputs)
+    _add_tensors(config.output, T.unbatched(T.backbone_outputs(embedding_dim)))
+    config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=options.instances)
+    _add_warmup(config, inputs, options.warmup_batch_sizes, unbatched=True)
+
+
 def backbone_config(*, image_size: int, embedding_dim: int, options: ServingOptions) -> mc.ModelConfig:
-    """``smr_backbone``: the ONNX graph, on Triton's onnxruntime backend or the python backend."""
+    """``smr_backbone``: the ONNX graph, on Triton's onnxruntime or openvino backend or the python backend."""
     options.validate()
     config = mc.ModelConfig(name=C.BACKBONE, max_batch_size=options.max_batch_size)
+    if options.runtime == OPENVINO_BACKEND:
+        _openvino_backbone(config, options, image_size=image_size, embedding_dim=embedding_dim)
+        return config
     if options.runtime == "onnxruntime":
         config.platform = "onnxruntime_onnx"
         config.default_model_filename = "model.onnx"
         if options.intra_op_threads:
             config.parameters["intra_op_thread_count"].string_value = str(options.intra_op_threads)
     else:
-        config.backend = "python"
-        config.parameters["onnx_file"].string_value = "model.onnx"
-        config.parameters["engine"].string_value = runtime_engine(options.runtime)
-        config.parameters["precision"].string_value = options.precision
-        config.parameters["cpu_features"].string_value = ",".join(options.cpu_features)
-        config.parameters["intra_op_threads"].string_value = str(options.intra_op_threads)
-        providers = ["CPUExecutionProvider"]
-        if options.instance_kind == "gpu":
-            providers.insert(0, "CUDAExecutionProvider")
-        if options.tensorrt:
-            providers.insert(0, "TensorrtExecutionProvider")
-            config.parameters["tensorrt_precision"].string_value = options.tensorrt
-        config.parameters["execution_providers"].string_value = ",".join(providers)
+        _python_backbone(config, options)
     inputs = T.backbone_inputs(image_size)
     _add_tensors(config.input, inputs)
     _add_tensors(config.output, T.backbone_outputs(embedding_dim))

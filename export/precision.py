@@ -11,6 +11,13 @@ parity tolerance of the reference. An explicit precision that fails is refused w
 ``auto`` takes the fastest precision that passes, timed on this machine, the candidates taking
 turns so that a change in the machine's load hits them alike. BF16 is a candidate of ``auto`` only
 where the CPU has a BF16 matrix path (``avx512_bf16`` or ``amx_bf16``).
+
+Triton's openvino backend (``--runtime openvino-backend``) cannot be told to compute in f32, and
+OpenVINO computes in bf16 by default where the CPU has a bf16 path: there its FP32 is a BF16 (and
+its INT8's float parts are bf16). Each precision is checked as the backend will compute it
+(``openvino_backend.engine_precision``): such an FP32 is held to the accuracy bounds, not to the
+parity tolerance, its report says "computed in BF16", it is checked even when asked for
+explicitly, and ``auto`` measures BF16 in its place.
 """
 
 from __future__ import annotations
@@ -25,8 +32,9 @@ import numpy as np
 
 from smr.serving.triton_models.engines import PRECISION_CPU_FLAGS, PRECISIONS, BackboneEngine
 
+from . import openvino_backend as OV
 from .onnx_backbone import PARITY_ATOL, ExportError
-from .pbtxt import runtime_engine, runtime_precisions
+from .pbtxt import BF16_RUNTIMES, OPENVINO_BACKEND, runtime_engine, runtime_precisions
 
 __all__ = [
     "MAX_F1_LOSS",
@@ -37,6 +45,7 @@ __all__ = [
     "Accuracy",
     "accuracy",
     "candidate_precisions",
+    "computed_precision",
     "chosen_cpu_features",
     "measure_speed",
     "choose_precision",
@@ -112,6 +121,7 @@ class PrecisionReport:
     images_per_s: float = math.nan  # this precision, in this process, on timing_batch images
     fp32_images_per_s: float = math.nan  # onnxruntime FP32 (the reference) on the same batch
     timing_batch: int = 0
+    computed_in: str = ""  # openvino-backend: the float operations' precision ("bf16", "fp32")
 
     @property
     def speed_ratio(self) -> float:
@@ -130,6 +140,7 @@ class PrecisionReport:
             "fp32_images_per_s": self.fp32_images_per_s,
             "speed_ratio": self.speed_ratio,
             "timing_batch": self.timing_batch,
+            "computed_in": self.computed_in or None,
         }
 
     def summary(self) -> str:
@@ -141,21 +152,23 @@ class PrecisionReport:
             f"(ratio {self.speed_ratio:.2f}, batch {self.timing_batch})"
         )
         verdict = "passes" if self.passed else f"FAILS ({self.problem})"
+        computed = OV.computed_note(self.precision, self.computed_in)
         return (
-            f"{self.runtime} {self.precision.upper()} vs FP32 on {a.images} validation images: macro F1 "
-            f"{a.macro_f1_fp32:.4f} -> {a.macro_f1:.4f} ({100 * a.macro_f1_change:+.2f} pp), same class for "
-            f"{100 * a.class_agreement:.1f}%, embedding distance mean {a.embedding_distance_mean:.4f} max "
-            f"{a.embedding_distance_max:.4f}{speed}: {verdict}"
+            f"{self.runtime} {self.precision.upper()}{computed} vs FP32 on {a.images} validation images: "
+            f"macro F1 {a.macro_f1_fp32:.4f} -> {a.macro_f1:.4f} ({100 * a.macro_f1_change:+.2f} pp), "
+            f"same class for {100 * a.class_agreement:.1f}%, embedding distance mean "
+            f"{a.embedding_distance_mean:.4f} max {a.embedding_distance_max:.4f}{speed}: {verdict}"
         )
 
 
 def _problem(
-    precision: str, a: Accuracy, *, max_f1_loss: float, min_agreement: float, parity_atol: float
+    computed: str, a: Accuracy, *, max_f1_loss: float, min_agreement: float, parity_atol: float
 ) -> str:
+    """Why a precision computed in ``computed`` (``computed_precision``) fails, or ""."""
     problems = []
     if not math.isfinite(a.max_abs_diff):
         problems.append("non-finite embeddings")
-    if precision == "fp32" and a.max_abs_diff > parity_atol:
+    if computed == "fp32" and a.max_abs_diff > parity_atol:
         problems.append(f"FP32 differs from the reference by {a.max_abs_diff:.2e} > {parity_atol:.0e}")
     if -a.macro_f1_change > max_f1_loss:
         problems.append(f"macro F1 loss {-100 * a.macro_f1_change:.2f} pp > {100 * max_f1_loss:.2f} pp")
@@ -164,9 +177,18 @@ def _problem(
     return "; ".join(problems)
 
 
-def candidate_precisions(runtime: str, requested: str, flags: set[str]) -> list[str]:
+def computed_precision(runtime: str, precision: str, default: str = "fp32") -> str:
+    """The engine precision that computes what the served ``runtime`` computes for ``precision``;
+    ``default``: OpenVINO's own inference precision on this CPU (``openvino-backend`` only)."""
+    return OV.engine_precision(precision, default) if runtime == OPENVINO_BACKEND else precision
+
+
+def candidate_precisions(
+    runtime: str, requested: str, flags: set[str], *, default: str = "fp32"
+) -> list[str]:
     """The precisions to check: the requested one, or for ``auto`` every one the runtime runs
-    (BF16 only where ``flags`` hold a BF16 matrix path)."""
+    (BF16 only where ``flags`` hold a BF16 matrix path; for ``openvino-backend`` where OpenVINO's
+    ``default`` is bf16, BF16 instead of an FP32 that would be computed in BF16 all the same)."""
     if requested not in PRECISION_CHOICES:
         raise ValueError(
             f"precision {requested!r} is not valid; choose one of: {', '.join(PRECISION_CHOICES)}"
@@ -176,9 +198,11 @@ def candidate_precisions(runtime: str, requested: str, flags: set[str]) -> list[
         if requested not in available:
             raise ValueError(
                 f"--runtime {runtime} cannot run precision {requested}; it runs {', '.join(available)} "
-                "(bf16 needs --runtime openvino)"
+                f"(bf16 needs {BF16_RUNTIMES})"
             )
         return [requested]
+    if computed_precision(runtime, "fp32", default) == "bf16":
+        return ["bf16", *(p for p in available if p not in ("fp32", "bf16"))]
     return [p for p in available if p != "bf16" or flags & set(PRECISION_CPU_FLAGS["bf16"])]
 
 
@@ -217,12 +241,15 @@ def choose_precision(
     parity_atol: float = PARITY_ATOL,
     timing_batch: int = 16,
     threads: int = 0,
+    default: str = "fp32",
 ) -> tuple[str, list[PrecisionReport]]:
     """(the precision to serve, a report per candidate). ``graphs``: ONNX path per precision
-    (``fp32`` always; ``int8`` when it is a candidate; ``bf16`` runs the FP32 graph).
+    (``fp32`` always; ``int8`` when it is a candidate; ``bf16`` runs the FP32 graph). ``default``:
+    OpenVINO's own inference precision on this CPU, for ``openvino-backend``
+    (``openvino_backend.default_inference_precision``).
 
     Raises ``PrecisionRefused`` with the figures when the requested precision fails its check."""
-    candidates = candidate_precisions(runtime, requested, flags)
+    candidates = candidate_precisions(runtime, requested, flags, default=default)
     if len(images) == 0:
         raise ExportError("no validation images to check the precision on")
     engine = runtime_engine(runtime)
@@ -231,16 +258,28 @@ def choose_precision(
     engines, results = {}, {}
     for precision in candidates:
         graph = graphs["int8" if precision == "int8" else "fp32"]
-        engines[precision] = BackboneEngine(graph, engine, precision, threads=threads)
+        computed = computed_precision(runtime, precision, default)
+        engines[precision] = BackboneEngine(graph, engine, computed, threads=threads)
         a = accuracy(
             ref_emb, engines[precision].embed(images), labels, svm=svm, lineage_curves=lineage_curves
         )
-        results[precision] = (a, _problem(precision, a, max_f1_loss=max_f1_loss,
+        results[precision] = (a, _problem(computed, a, max_f1_loss=max_f1_loss,
                                           min_agreement=min_agreement, parity_atol=parity_atol))  # fmt: skip
     batch = images[: max(1, min(timing_batch, len(images)))]
     speeds = measure_speed([reference, *engines.values()], batch)
+    served = runtime == OPENVINO_BACKEND  # reports say what Triton's openvino backend computes in
     reports = [
-        PrecisionReport(runtime, p, a, not problem, problem, speed, speeds[0], len(batch))
+        PrecisionReport(
+            runtime,
+            p,
+            a,
+            not problem,
+            problem,
+            speed,
+            speeds[0],
+            len(batch),
+            OV.inference_precision(p, default) if served else "",
+        )  # fmt: skip
         for (p, (a, problem)), speed in zip(results.items(), speeds[1:], strict=True)
     ]
     passing = [r for r in reports if r.passed]

@@ -9,7 +9,7 @@ was. Layout (docs/architecture.md, "Model repository")::
     REPO/smr_backbone/config.pbtxt, 1/model.onnx
                        [, 1/model.py, 1/smr_triton_io.py, 1/smr_engines.py,
                           1/smr_core/ (smr.core's __init__ and contract) with --runtime python
-                          or openvino]
+                          or openvino; model.onnx alone with --runtime openvino-backend]
     REPO/smr_postprocess/config.pbtxt, 1/model.py, 1/curves.json, 1/svm.json,
                           1/smr_core/ (copy of smr.core), 1/smr_manifest.py, 1/smr_triton_io.py
 
@@ -38,9 +38,11 @@ from smr.core import contract as C
 from smr.core.contract import DEFAULT_REVIEW_MARGIN
 
 from .manifest import MANIFEST_FILE, build_manifest, sha256_file, write_manifest
+from .openvino_backend import inference_precision
 from .pbtxt import (
     FOV_PARAMETER,
     MPP_PARAMETER,
+    OPENVINO_BACKEND,
     ServingOptions,
     backbone_config,
     ensemble_config,
@@ -90,7 +92,9 @@ class ExportOptions:
     calibration_images: int = 64  # training images for INT8 calibration
     evaluation_images: int | None = None  # validation images for the INT8 report (None: all)
     force: bool = False  # replace model folders that no SMR manifest accounts for
-    review_margin: float = DEFAULT_REVIEW_MARGIN  # smr.core.review's SVM margin, served by smr_postprocess
+    # smr.core.review's SVM margin, served by smr_postprocess; None: the run's own (chosen on its
+    # validation split by smr train), DEFAULT_REVIEW_MARGIN for a run trained before that
+    review_margin: float | None = None
 
 
 @dataclass
@@ -244,6 +248,21 @@ class _Job:
     chosen: str = "fp32"  # the backbone's served precision
     reports: list[Any] = field(default_factory=list)  # precision.PrecisionReport per candidate
     quantization: Any = None  # QuantizationReport when the served precision is INT8
+    # openvino-backend: what OpenVINO computes float operations in when not told (bf16 on CPUs with a
+    # bf16 path; the backend cannot tell it f32), else "fp32"
+    default_precision: str = "fp32"
+    review_margin: float = DEFAULT_REVIEW_MARGIN  # the served one (ExportOptions.review_margin resolved)
+
+    @property
+    def checked(self) -> bool:
+        """Whether the precision check runs: for every precision but an FP32 computed in FP32."""
+        return self.requested != "fp32" or self.computed("fp32") != "fp32"
+
+    def computed(self, precision: str) -> str:
+        """The precision the served backbone computes ``precision`` in (``precision.computed_precision``)."""
+        from .precision import computed_precision
+
+        return computed_precision(self.serving.runtime, precision, self.default_precision)
 
     @property
     def size(self) -> int:
@@ -279,6 +298,19 @@ def _load_checked_run(job: _Job) -> None:
         raise ExportError(
             f"{job.run_dir / SVM_FILE}: {svm.n_features}-D support vectors, embeddings are {dim}-D"
         )
+    job.review_margin = _review_margin(job)
+
+
+def _review_margin(job: _Job) -> float:
+    """The served review margin: the option's, else the run's own, else the default (older runs)."""
+    if job.options.review_margin is not None:
+        return job.options.review_margin
+    chosen = (job.run.result or {}).get("review_margin")
+    if chosen is None:
+        job.log(f"review margin {DEFAULT_REVIEW_MARGIN:g} (the default: the run did not choose one)")
+        return DEFAULT_REVIEW_MARGIN
+    job.log(f"review margin {chosen:g} (the run's, chosen on its validation split)")
+    return float(chosen)
 
 
 def _plan_precision(job: _Job) -> None:
@@ -286,6 +318,7 @@ def _plan_precision(job: _Job) -> None:
     from smr.train.recipe import cpu_features
 
     from .onnx_backbone import ExportError
+    from .openvino_backend import default_inference_precision
     from .precision import candidate_precisions
     from .quantize import QUANTIZE_CHOICES
 
@@ -300,7 +333,17 @@ def _plan_precision(job: _Job) -> None:
             raise ValueError(f"--quantize int8 and --precision {job.requested} disagree; give one of them")
         job.requested = "int8"
     job.cpu = cpu_features()
-    job.candidates = tuple(candidate_precisions(job.serving.runtime, job.requested, job.flags))
+    if job.serving.runtime == OPENVINO_BACKEND:
+        job.default_precision = default_inference_precision()
+        if job.requested == "fp32" and job.checked:
+            job.log(
+                "warning: Triton's openvino backend cannot keep OpenVINO at FP32, which computes in "
+                f"{job.default_precision.upper()} on this CPU unless told otherwise: checking that against "
+                "FP32 (--runtime onnxruntime serves FP32 as such)"
+            )
+    job.candidates = tuple(
+        candidate_precisions(job.serving.runtime, job.requested, job.flags, default=job.default_precision)
+    )
 
 
 def _read_images(job: _Job) -> None:
@@ -321,11 +364,11 @@ def _read_images(job: _Job) -> None:
     try:
         job.real = images("val", job.options.parity_images).images
     except ImagesUnavailable as exc:
-        if job.requested != "fp32":
+        if job.checked:
             raise
         job.log(f"warning: parity on random images only: {exc}")
         job.real = None
-    if job.requested != "fp32":
+    if job.checked:
         job.evaluation = images("val", job.options.evaluation_images)
     if "int8" in job.candidates:
         job.calibration = images("train", job.options.calibration_images)
@@ -360,7 +403,7 @@ def _choose_served_precision(job: _Job, staging: Path, onnx_path: Path) -> None:
     from .precision import choose_precision, chosen_cpu_features
     from .quantize import QuantizationReport, quantize_int8
 
-    if job.requested != "fp32":
+    if job.checked:
         graphs = {"fp32": staging / "model.fp32.onnx"}
         onnx_path.rename(graphs["fp32"])
         if "int8" in job.candidates:
@@ -378,6 +421,7 @@ def _choose_served_precision(job: _Job, staging: Path, onnx_path: Path) -> None:
             job.serving.runtime, job.requested, {k: str(v) for k, v in graphs.items()}, job.evaluation.images,
             job.evaluation.labels, svm=job.svm, lineage_curves=job.run.curves, flags=job.flags,
             max_f1_loss=job.options.max_f1_loss, min_agreement=job.options.min_agreement,
+            default=job.default_precision,
         )  # fmt: skip
         for report in job.reports:
             job.log(report.summary())
@@ -393,8 +437,13 @@ def _choose_served_precision(job: _Job, staging: Path, onnx_path: Path) -> None:
             job.quantization = QuantizationReport.from_precision_report(
                 next(r for r in job.reports if r.precision == "int8")
             )
+    # the flags of the chosen precision, and of what it is computed in (openvino-backend's BF16)
+    features = (
+        *chosen_cpu_features(job.chosen, job.flags),
+        *chosen_cpu_features(job.computed(job.chosen), job.flags),
+    )
     job.serving = dataclasses.replace(
-        job.serving, precision=job.chosen, cpu_features=chosen_cpu_features(job.chosen, job.flags)
+        job.serving, precision=job.chosen, cpu_features=tuple(dict.fromkeys(features))
     ).validate()
 
 
@@ -433,7 +482,7 @@ def _write_postprocess(job: _Job, staging: Path) -> None:
         n_classes=len(job.run.classes),
         n_lineages=len(job.run.curves),
         options=job.serving,
-        review_margin=job.options.review_margin,
+        review_margin=job.review_margin,
     )
     (staging / C.POSTPROCESS / "config.pbtxt").write_text(to_text(config))
 
@@ -460,6 +509,11 @@ def _manifest_info(job: _Job) -> dict[str, Any]:
             "precision": {
                 "requested": job.requested,
                 "chosen": job.chosen,
+                # openvino-backend: the precision its float operations run in on the export machine
+                # (OpenVINO's default there unless the config says BF16)
+                "computed_in": inference_precision(job.chosen, job.default_precision)
+                if serving.runtime == OPENVINO_BACKEND
+                else None,
                 # the flags of the export machine that give the chosen precision its hardware
                 # path; the served backbone warns at load on a CPU that lacks one of them
                 "cpu_features": list(serving.cpu_features),
@@ -518,7 +572,7 @@ def _seal(job: _Job, staging: Path) -> dict[str, str]:
         lineages=_served_lineages(job.run),
         options=job.serving,
         parameters=parameters,
-        review_margin=job.options.review_margin,
+        review_margin=job.review_margin,
     )
     (staging / ENSEMBLE_CONFIG).write_text(to_text(config))
     manifest = build_manifest(staging, list(C.MODEL_NAMES), **info)
@@ -546,7 +600,8 @@ def export_repository(
     """
     start = time.perf_counter()
     job = _Job(Path(run_dir), Path(repository), options, options.serving.validate(), log)
-    review_margin_text(options.review_margin)  # ValueError before anything slow
+    if options.review_margin is not None:
+        review_margin_text(options.review_margin)  # ValueError before anything slow
     _load_checked_run(job)
     _plan_precision(job)
     _read_images(job)

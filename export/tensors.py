@@ -35,6 +35,7 @@ __all__ = [
     "postprocess_outputs",
     "ensemble_outputs",
     "ensemble_output_source",
+    "unbatched",
 ]
 
 
@@ -53,6 +54,12 @@ def backbone_inputs(image_size: int) -> list[TensorSpec]:
 
 def backbone_outputs(embedding_dim: int) -> list[TensorSpec]:
     return [TensorSpec(EMBEDDING, "TYPE_FP32", (embedding_dim,))]
+
+
+def unbatched(specs: list[TensorSpec]) -> list[TensorSpec]:
+    """The same tensors for a model that Triton does not batch (``max_batch_size: 0``): the batch is
+    the variable first dimension of ``dims`` (``smr_backbone`` on Triton's openvino backend)."""
+    return [TensorSpec(s.name, s.data_type, (-1, *s.dims)) for s in specs]
 
 
 def postprocess_inputs(embedding_dim: int) -> list[TensorSpec]:

@@ -33,7 +33,11 @@ CSV_FIELDS = (
     "mode", "batch_size", "concurrency", "duration_s", "requests", "cells", "cells_per_s",
     "p50_ms", "p95_ms", "p99_ms", "errors", "avg_batch", "backbone_ms_per_cell",
     "postprocess_ms_per_cell", "postprocess_share", "queue_ms_per_request", "cpu_seconds", "cells_per_cpu_s",
+    "cpu_ms_per_cell", "server_cpu_ms_per_cell", "backbone_cpu_ms_per_cell", "postprocess_cpu_ms_per_cell",
+    "client_cpu_ms_per_cell",
 )  # fmt: skip
+# where a served cell's CPU time goes: the server process tree by role, and the client processes
+CPU_ROLES = ("server", BACKBONE, POSTPROCESS)
 
 
 class BenchError(RuntimeError):
@@ -59,6 +63,9 @@ class BenchResult:
     postprocess_share: float = math.nan  # postprocess / (backbone + postprocess) compute per cell
     queue_ms_per_request: float = math.nan  # time the backbone's requests waited in its queue
     cpu_seconds: float = math.nan  # CPU time of the server's process tree (or this process) in the window
+    # CPU seconds in the window of the server tree's parts (CPU_ROLES: tritonserver itself, each python
+    # model's stub) and of the client processes; empty in-process or without the server's pid
+    cpu_by_role: dict[str, float] = field(default_factory=dict)
     first_error: str = field(default="", repr=False)
 
     @property
@@ -66,10 +73,22 @@ class BenchResult:
         """Cells per CPU-second: throughput that does not depend on what else the machine runs."""
         return self.cells / self.cpu_seconds if self.cpu_seconds > 0 else math.nan
 
+    def cpu_ms_per_cell(self, role: str | None = None) -> float:
+        """CPU milliseconds per cell: all of it (``role`` None), or one role's (NaN when unmeasured)."""
+        seconds = self.cpu_seconds if role is None else self.cpu_by_role.get(role, math.nan)
+        return 1e3 * seconds / self.cells if self.cells else math.nan
+
     def row(self) -> dict:
         data = asdict(self)
         data["cells_per_cpu_s"] = self.cells_per_cpu_s
+        data["cpu_ms_per_cell"] = self.cpu_ms_per_cell()
+        for role in (*CPU_ROLES, "client"):
+            data[f"{_role_key(role)}_cpu_ms_per_cell"] = self.cpu_ms_per_cell(role)
         return {key: data[key] for key in CSV_FIELDS}
+
+
+def _role_key(role: str) -> str:
+    return {BACKBONE: "backbone", POSTPROCESS: "postprocess"}.get(role, role)
 
 
 def latency_percentiles(latencies_s: Sequence[float]) -> tuple[float, float, float]:
@@ -144,9 +163,8 @@ def _client_loop(
     results.put((latencies, errors, first_error))
 
 
-def process_tree_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of ``pid`` and its live descendants (Linux /proc), e.g. tritonserver
-    and its python backend stubs."""
+def _processes() -> tuple[dict[int, int], dict[int, float]]:
+    """(parent, user + system CPU seconds) of every live process (Linux /proc)."""
     ticks = os.sysconf("SC_CLK_TCK")
     parents, cpu = {}, {}
     for entry in Path("/proc").iterdir():
@@ -158,14 +176,56 @@ def process_tree_cpu_seconds(pid: int) -> float:
             continue  # exited meanwhile
         parents[int(entry.name)] = int(fields[1])
         cpu[int(entry.name)] = (int(fields[11]) + int(fields[12])) / ticks
-    if pid not in cpu:
-        raise BenchError(f"no process {pid} (--server-pid must be the tritonserver on this machine)")
+    return parents, cpu
+
+
+def _tree(pid: int, parents: dict[int, int]) -> set[int]:
     tree, frontier = {pid}, [pid]
     while frontier:
         children = [p for p, parent in parents.items() if parent in frontier and p not in tree]
         tree.update(children)
         frontier = children
-    return sum(cpu[p] for p in tree)
+    return tree
+
+
+def process_tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and its live descendants (Linux /proc), e.g. tritonserver
+    and its python backend stubs."""
+    parents, cpu = _processes()
+    if pid not in cpu:
+        raise BenchError(f"no process {pid} (--server-pid must be the tritonserver on this machine)")
+    return sum(cpu[p] for p in _tree(pid, parents))
+
+
+def _stub_model(pid: int) -> str | None:
+    """The model a python backend stub serves (its command line: ``<repo>/<model>/<version>/model.py``)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    for arg in argv[1:2]:
+        parts = Path(arg.decode(errors="replace")).parts
+        if len(parts) >= 3 and parts[-1] == "model.py":
+            return parts[-3]
+    return None
+
+
+def server_cpu_by_role(pid: int) -> dict[str, float]:
+    """CPU seconds of the server tree of ``pid`` by role: ``"server"`` (tritonserver and anything
+    that is not a python model's stub) and each python model's stub, by model name."""
+    parents, cpu = _processes()
+    if pid not in cpu:
+        raise BenchError(f"no process {pid} (--server-pid must be the tritonserver on this machine)")
+    roles: dict[str, float] = {}
+    for p in _tree(pid, parents):
+        role = (_stub_model(p) if p != pid else None) or "server"
+        roles[role] = roles.get(role, 0.0) + cpu[p]
+    return roles
+
+
+def _clients_cpu_seconds(pids: Sequence[int | None]) -> float:
+    _, cpu = _processes()
+    return sum(cpu.get(p, 0.0) for p in pids if p is not None)
 
 
 def _statistics(url: str) -> dict[str, dict[str, int]]:
@@ -256,26 +316,13 @@ def bench_served(
         worker.start()
     _sleep_until(start_at + warmup)
     before = _statistics(url)
-    cpu_before = process_tree_cpu_seconds(server_pid) if server_pid else math.nan
+    roles_before = server_cpu_by_role(server_pid) if server_pid else {}
+    clients_before = _clients_cpu_seconds([w.pid for w in workers])
     _sleep_until(start_at + warmup + duration)
     after = _statistics(url)
-    cpu_after = process_tree_cpu_seconds(server_pid) if server_pid else math.nan
-    collected = []
-    deadline = time.time() + 120
-    while len(collected) < concurrency and time.time() < deadline:
-        try:
-            collected.append(results.get(timeout=1.0))
-        except Exception:  # queue.Empty; a crashed worker is noticed below
-            if not any(w.is_alive() for w in workers) and results.empty():
-                break
-    for worker in workers:
-        worker.join(timeout=10)
-        if worker.is_alive():
-            worker.terminate()
-    if len(collected) < concurrency:
-        raise BenchError(
-            f"{concurrency - len(collected)} of {concurrency} client processes did not report back"
-        )
+    roles_after = server_cpu_by_role(server_pid) if server_pid else {}
+    clients_after = _clients_cpu_seconds([w.pid for w in workers])
+    collected = _collect(results, workers)
     latencies = [lat for lats, _, _ in collected for lat in lats]
     errors = sum(e for _, e, _ in collected)
     p50, p95, p99 = latency_percentiles(latencies)
@@ -285,9 +332,35 @@ def bench_served(
         cells_per_s=len(latencies) * batch_size / duration, p50_ms=p50, p95_ms=p95, p99_ms=p99, errors=errors,
         first_error=next((msg for _, _, msg in collected if msg), ""),
     )  # fmt: skip
-    result.cpu_seconds = cpu_after - cpu_before
+    # a stub that started or ended inside the window counts from 0 or to its last reading
+    result.cpu_by_role = {
+        role: roles_after.get(role, 0.0) - roles_before.get(role, 0.0) for role in roles_before | roles_after
+    }
+    result.cpu_seconds = sum(result.cpu_by_role.values()) if server_pid else math.nan
+    result.cpu_by_role["client"] = clients_after - clients_before
     _model_shares(before, after, result)
     return result
+
+
+def _collect(results, workers: list) -> list[tuple[list[float], int, str]]:
+    """Every client's report (latencies, errors, first error); ``BenchError`` when one is missing."""
+    collected: list[tuple[list[float], int, str]] = []
+    deadline = time.time() + 120
+    while len(collected) < len(workers) and time.time() < deadline:
+        try:
+            collected.append(results.get(timeout=1.0))
+        except Exception:  # queue.Empty; a crashed worker is noticed below
+            if not any(w.is_alive() for w in workers) and results.empty():
+                break
+    for worker in workers:
+        worker.join(timeout=10)
+        if worker.is_alive():
+            worker.terminate()
+    if len(collected) < len(workers):
+        raise BenchError(
+            f"{len(workers) - len(collected)} of {len(workers)} client processes did not report back"
+        )
+    return collected
 
 
 def _sleep_until(t: float) -> None:
@@ -304,7 +377,7 @@ def backbone_engine(repository: str | os.PathLike[str], *, threads: int = 0):
     its config names (``engines.BackboneEngine``); raises ``BenchError`` without ``model.onnx``."""
     from smr.export.pbtxt import parse_config
 
-    from .triton_models.engines import BackboneEngine
+    from .triton_models.engines import BackboneEngine, scheduling_options
 
     folder = Path(repository) / BACKBONE
     path = folder / "1" / "model.onnx"
@@ -318,7 +391,10 @@ def backbone_engine(repository: str | os.PathLike[str], *, threads: int = 0):
         return params[key].string_value if key in params and params[key].string_value else default
 
     engine, precision = param("engine", "onnxruntime"), param("precision", "fp32")
-    return BackboneEngine(path, engine, precision, threads=threads)
+    options = scheduling_options(lambda key: param(key, ""))  # the served model's own settings
+    if threads:
+        options["threads"] = threads
+    return BackboneEngine(path, engine, precision, **options)
 
 
 def bench_in_process(
@@ -406,6 +482,21 @@ def format_table(results: Sequence[BenchResult]) -> str:
     return "\n".join(lines)
 
 
+def cpu_breakdown(result: BenchResult) -> str:
+    """Where a served cell's CPU time went, in ms: each python model's stub, tritonserver, clients."""
+    parts = [
+        f"{name} {result.cpu_ms_per_cell(role):.3f}"
+        for role, name in (
+            (BACKBONE, "backbone stub"),
+            (POSTPROCESS, "postprocess stub"),
+            ("server", "tritonserver"),
+        )
+        if role in result.cpu_by_role
+    ]
+    parts.append(f"clients {result.cpu_ms_per_cell('client'):.3f}")
+    return f"CPU ms per cell at concurrency {result.concurrency}: " + ", ".join(parts)
+
+
 def _fmt(value: float, width: int, spec: str) -> str:
     return f"{'-':>{width}}" if math.isnan(value) else f"{value:>{width}{spec}}"
 
@@ -474,6 +565,7 @@ def run_cli(args) -> int:
             f"served / in-process = {best.cells_per_s / baseline.cells_per_s:.3f}"
         )
         if not math.isnan(best.cells_per_cpu_s):
+            print(f"{cpu_breakdown(best)}; in-process {baseline.cpu_ms_per_cell():.3f}")
             efficiency = max(r.cells_per_cpu_s for r in served)
             print(
                 f"per CPU-second: served {efficiency:.2f} cells (server process tree), in-process "

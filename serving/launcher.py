@@ -560,8 +560,8 @@ class TritonProcess:
                 listed = ", ".join(f"{name} ({be})" for name, be in sorted(foreign.items()))
                 raise RepositoryError(
                     f"{listed}: the embedded tritonserver from {self.install.source} has the python backend "
-                    "only; export with `--runtime python`, or run a full Triton (docker compose, or "
-                    "--tritonserver / $TRITONSERVER pointing at one)"
+                    "only; export with `--runtime python` or `--runtime openvino` (python backend), or run "
+                    "a full Triton (docker compose, or --tritonserver / $TRITONSERVER pointing at one)"
                 )
         if self.check_manifest:
             verify_manifest(self.repository)

@@ -41,6 +41,13 @@ def add_parsers(subparsers) -> None:
         default=2,
         help="epochs of TML alone before the SMR term (default: %(default)s, see docs/training.md)",
     )
+    p.add_argument(
+        "--blur",
+        type=float,
+        default=1.0,
+        help="training blur augmentation, Gaussian of up to B px (default: %(default)s; slide cells "
+        "are softer than patches, see docs/training.md)",
+    )
     p.add_argument("--slide-cells", type=int, default=600, help="cells on the slide (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--fresh", action="store_true", help="redo every step even when its output exists")
@@ -195,16 +202,18 @@ def _train_step(args: argparse.Namespace, paths: _Paths) -> None:
         "epochs": args.epochs,
         "alpha": args.alpha,
         "warmup": args.warmup_epochs,
+        "blur": args.blur,
     }
     t0 = _step(
         f"2/5 training SMR (linear/uniform/normal, alpha {args.alpha}, "
-        f"{args.warmup_epochs} warm-up epochs) -> {run_dir}"
+        f"{args.warmup_epochs} warm-up epochs, blur {args.blur} px) -> {run_dir}"
     )
     if args.fresh or not _reusable(paths.out, "train", training, _run_complete(run_dir)):
         _smr(
             ["train", paths.data, "--out", run_dir, "--overwrite", "--image-size", args.image_size]
             + ["--epochs", args.epochs, "--loss", "normal", "--curve", "linear", "--targets", "uniform"]
             + ["--alpha", args.alpha, "--smr-warmup-epochs", args.warmup_epochs, "--seed", args.seed]
+            + ["--blur", args.blur]
             + ["--no-progress"]
         )
         _record(paths.out, "train", training)

@@ -112,6 +112,12 @@ _OPTIONS: list[tuple[str, str, dict[str, Any], str]] = [
         {"type": float, "metavar": "S"},
         "per-image stain jitter: each colour's optical density scaled by 1±S and shifted by ±S/2 (0: off)",
     ),
+    (
+        "blur",
+        "--blur",
+        {"type": float, "metavar": "B"},
+        "per-image Gaussian blur of U(0, B) pixels, for models that score whole-slide crops (0: off)",
+    ),
     ("optimizer", "--optimizer", {"choices": OPTIMIZERS}, "optimiser"),
     ("lr", "--lr", {"type": float}, "learning rate"),
     ("weight_decay", "--weight-decay", {"type": float}, "weight decay"),

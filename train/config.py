@@ -131,6 +131,10 @@ class TrainConfig:
     # stain jitter S: per image, each RGB channel's optical density -log(I) is scaled by U(1-S, 1+S)
     # and shifted by U(-S/2, S/2), mimicking slide-to-slide staining. 0: off (the PBC results).
     stain_jitter: float = 0.0
+    # blur B: per image, a Gaussian blur of U(0, B) px at the input size, so that cells cropped
+    # from whole slides (softer: scanned finer and resized) read like the training patches.
+    # 0: off (the PBC results); the demo trains with 1.0 (docs/training.md, "Options and defaults").
+    blur: float = 0.0
 
     # --- optimisation -------------------------------------------------------------------------
     # AdamW with decoupled weight decay: the network is trained from scratch (no ImageNet weights
@@ -238,6 +242,7 @@ class TrainConfig:
         _check(len(self.mean) == 3 and len(self.std) == 3, "mean and std need 3 values (R, G, B)")
         _check(all(s > 0 for s in self.std), f"std={self.std} must be positive")
         _check(0 <= self.stain_jitter < 1, f"stain_jitter={self.stain_jitter} must lie in [0, 1)")
+        _check(0 <= self.blur <= 4, f"blur={self.blur} must lie in [0, 4] pixels")
         lo, hi = self.crop_scale
         _check(0 < lo <= hi <= 1, f"crop_scale={self.crop_scale} must satisfy 0 < min <= max <= 1")
 

@@ -42,6 +42,10 @@ class BatchAugment:
     ``stain_jitter`` S > 0 then varies the staining per image, as slides of different days,
     batches and laboratories do: each RGB channel's optical density OD = -ln((I + 1) / 256) becomes
     a * OD + b with a ~ U(1 - S, 1 + S) and b ~ U(-S/2, S/2), drawn per image and channel.
+
+    ``blur`` B > 0 softens each image by a Gaussian of standard deviation U(0, B) pixels (of the
+    network's input), as focus and resampling do: a cell cropped from a whole slide scanned at
+    0.25 µm/px and resized to the training scale is softer than a patch saved at that scale.
     """
 
     def __init__(
@@ -51,12 +55,14 @@ class BatchAugment:
         rotation: bool = True,
         flips: bool = True,
         stain_jitter: float = 0.0,
+        blur: float = 0.0,
         generator: torch.Generator | None = None,
     ) -> None:
         self.crop_scale = (float(crop_scale[0]), float(crop_scale[1]))
         self.rotation = rotation
         self.flips = flips
         self.stain_jitter = float(stain_jitter)
+        self.blur = float(blur)
         self.generator = generator
 
     def _uniform(self, n: int, lo: float, hi: float) -> torch.Tensor:
@@ -94,9 +100,30 @@ class BatchAugment:
         theta = self.matrices(x.shape[0]).to(x.dtype)
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
         out = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+        if self.blur > 0:
+            out = self.soften(out)
         if self.stain_jitter > 0:
             out = self.stain(out)
         return out.round_().clamp_(0, 255).to(torch.uint8)
+
+    def soften(self, x: torch.Tensor) -> torch.Tensor:
+        """Float (N, 3, H, W) with each image blurred by its own Gaussian (see the class).
+
+        Separable: one grouped 1-D convolution along each axis, a kernel per image (radius
+        ceil(3 B)), edges mirrored as in the resampling step.
+        """
+        n, c, h, w = x.shape
+        sigma = self._uniform(n, 0.0, self.blur).clamp(min=1e-3)
+        radius = math.ceil(3 * self.blur)
+        offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
+        kernel = torch.exp(-0.5 * (offsets[None, :] / sigma[:, None]) ** 2)
+        kernel = (kernel / kernel.sum(dim=1, keepdim=True)).to(x.dtype).repeat_interleave(c, dim=0)
+        planes = x.reshape(1, n * c, h, w)
+        planes = F.pad(planes, (radius, radius, 0, 0), mode="reflect")
+        planes = F.conv2d(planes, kernel.view(n * c, 1, 1, -1), groups=n * c)
+        planes = F.pad(planes, (0, 0, radius, radius), mode="reflect")
+        planes = F.conv2d(planes, kernel.view(n * c, 1, -1, 1), groups=n * c)
+        return planes.view(n, c, h, w)
 
     def stain(self, x: torch.Tensor) -> torch.Tensor:
         """Float (N, 3, H, W) intensities in [0, 255] with each image's stain varied (see the class)."""

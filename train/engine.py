@@ -407,6 +407,8 @@ class TrainResult:
     val_mean_position: dict[str, dict[str, float | None]] = field(default_factory=dict)
     precision: str = "fp32"  # what autocast used ("auto" resolved on this machine)
     cpu_flags: list[str] = field(default_factory=list)  # the CPU's speed-relevant flags
+    # the SVM margin of the review flags, chosen on the validation split (smr.core.review.choose_margin)
+    review_margin: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -420,6 +422,7 @@ class TrainResult:
             "val_mean_position": self.val_mean_position,
             "precision": self.precision,
             "cpu_flags": self.cpu_flags,
+            "review_margin": self.review_margin,
         }
 
 
@@ -688,7 +691,9 @@ class _Best:
     epoch: int = 0
     since_best: int = 0
     spearman: dict[str, float | None] = field(default_factory=dict)
-    detail: dict[str, Any] = field(default_factory=lambda: {"per_class_f1": {}, "mean_position": {}})
+    detail: dict[str, Any] = field(
+        default_factory=lambda: {"per_class_f1": {}, "mean_position": {}, "review_margin": None}
+    )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -829,6 +834,7 @@ def _build_augment(config: TrainConfig, env: DistEnv) -> tuple[BatchAugment, tor
         rotation=config.rotation,
         flips=config.flips,
         stain_jitter=config.stain_jitter,
+        blur=config.blur,
         generator=generator,
     )
     return augment, generator
@@ -960,7 +966,9 @@ def _train_phase(run: _Run, epoch: int, loss_curves: list[LineageCurve] | None) 
 def _save_best(
     run: _Run, epoch: int, svm: EmbeddingSVM, curves: list[LineageCurve], val_emb: np.ndarray
 ) -> None:
-    """A new best epoch: write model, curves and SVM; note its validation details."""
+    """A new best epoch: write model, curves and SVM; note its validation details and review margin."""
+    from smr.core.review import choose_margin
+
     from .evaluate import maturity_correlation, mean_positions
 
     config, data, out = run.config, run.data, run.out
@@ -980,6 +988,7 @@ def _save_best(
     run.best.detail = {
         "per_class_f1": {c: float(f) for c, f in zip(data.classes, per_class, strict=True)},
         "mean_position": mean_positions(curves, val_emb, y_val, data.spec),
+        "review_margin": choose_margin(svm.predict_proba(val_emb), y_val),
     }
 
 
@@ -1146,9 +1155,11 @@ def _finish(
         best.spearman,
         val_per_class_f1=best.detail["per_class_f1"],
         val_mean_position=best.detail["mean_position"],
+        review_margin=best.detail.get("review_margin"),
         precision=run.precision,
         cpu_flags=list(hardware["flags"]),
     )
     rundir.write_result(run.out, result.to_dict())
-    _say(run.env, f"best val macro-F1 {best.f1:.4f} at epoch {best.epoch}; run written to {run.out}")
+    margin = "" if result.review_margin is None else f", review margin {result.review_margin:g}"
+    _say(run.env, f"best val macro-F1 {best.f1:.4f} at epoch {best.epoch}{margin}; run written to {run.out}")
     return result

@@ -69,11 +69,11 @@ class TritonPythonModel:
             onnx_path,
             engine,
             precision,
-            threads=int(triton_io.config_parameter(config, "intra_op_threads", "0")),
             providers=wanted,
             tensorrt_precision=triton_io.config_parameter(config, "tensorrt_precision", "fp32"),
             input_name=INPUT,
             output_name=OUTPUT,
+            **engines.scheduling_options(lambda key: triton_io.config_parameter(config, key, "")),
         )
         if engine == "onnxruntime" and self.engine.providers != wanted:
             pb_utils.Logger.log_warn(

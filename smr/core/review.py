@@ -17,15 +17,20 @@ when they were asked for another margin.
     the SVM's class in that class's lineage (a neighbouring stage is normal near a boundary, and
     flagging two stages apart cost more review than it found errors).
 
-The thresholds were chosen on the validation splits of synthetic training runs, not on the slides
-they were tested on (docs/clients.md, "Cells flagged for review"). The rule reads the outputs as
-served (float32), so a client deriving it from them gets exactly what the server returned.
+The margin is the model's own: :func:`choose_margin` picks it on the run's validation split when
+``smr train`` saves the best epoch (the smallest margin whose flags hold half of the misclassified
+validation images, but flagging no more than a fifth of them), ``smr export`` serves it, and the
+clients apply it unless told another. :data:`STAGE_GAP` was chosen on the validation splits of
+synthetic training runs, not on the slides they were tested on (docs/clients.md, "Cells flagged
+for review"). The rule reads the outputs as served (float32), so a client deriving it from them
+gets exactly what the server returned.
 
 numpy and the standard library only (copied next to the Triton python model).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -44,6 +49,9 @@ __all__ = [
     "CURVE_DISAGREES",
     "Review",
     "check_margin",
+    "REVIEW_ERRORS_FOUND",
+    "REVIEW_MAX_FLAGGED",
+    "choose_margin",
     "class_stages",
     "stages",
     "runner_up",
@@ -57,6 +65,10 @@ STAGE_GAP = 3
 SVM_UNSURE = 1
 #: Flag bit: the curve's stage lies STAGE_GAP or more stages from the SVM's class.
 CURVE_DISAGREES = 2
+#: :func:`choose_margin`: the share of the misclassified validation images the flags should hold ...
+REVIEW_ERRORS_FOUND = 0.5
+#: ... and the largest share of the validation images they may flag (a reviewer's workload).
+REVIEW_MAX_FLAGGED = 0.2
 
 
 class Review(NamedTuple):
@@ -74,6 +86,48 @@ def check_margin(margin: float) -> float:
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"margin must lie in [0, 1] (a difference of probabilities), got {margin}")
     return value
+
+
+def choose_margin(
+    probabilities: ArrayLike,
+    labels: ArrayLike,
+    *,
+    errors_found: float = REVIEW_ERRORS_FOUND,
+    max_flagged: float = REVIEW_MAX_FLAGGED,
+) -> float:
+    """The SVM margin of a model's review flags, chosen on labelled (validation) images.
+
+    ``probabilities`` (N, C) of the SVM and the true ``labels`` (N,). Flagging the cells whose two
+    most probable classes differ by less than the margin, the result is the smallest margin whose
+    flags hold ``errors_found`` of the misclassified images, unless that flags more than
+    ``max_flagged`` of all images: then the margin that flags at most that share. 0.0 when nothing
+    is misclassified or nothing may be flagged.
+    """
+    p = np.asarray(probabilities, dtype=np.float64)
+    y = np.asarray(labels).reshape(-1)
+    if p.ndim != 2 or len(p) != len(y):
+        raise ValueError(f"probabilities (N, C) and labels (N,) disagree: {p.shape} and {y.shape}")
+    if not (0.0 <= errors_found <= 1.0 and 0.0 <= max_flagged <= 1.0):
+        raise ValueError(f"errors_found {errors_found} and max_flagged {max_flagged} must lie in [0, 1]")
+    class_id = p.argmax(axis=1)
+    _, gap = runner_up(p, class_id)
+    wrong = class_id != y
+    order = np.argsort(gap, kind="stable")
+    gap, wrong = gap[order], wrong[order]
+    if not wrong.any():
+        return 0.0
+    need = math.ceil(errors_found * int(wrong.sum()) - 1e-9)  # errors the flags should hold
+    found = np.cumsum(wrong)  # found[i]: errors among the i + 1 least sure cells
+    k = min(int(np.searchsorted(found, need)) + 1, int(max_flagged * len(gap) + 1e-9))  # cells to flag
+    if need == 0 or k <= 0:
+        return 0.0
+    if k >= len(gap):
+        return 1.0  # every cell (that is not certain)
+    # flags are gap < margin: halfway to the next cell's gap, rounded to 4 decimals where that
+    # keeps the same cells flagged (ties with the next cell leave them all unflagged)
+    middle = float(gap[k - 1] + gap[k]) / 2
+    rounded = round(middle, 4)
+    return rounded if gap[k - 1] < rounded <= gap[k] else middle
 
 
 def class_stages(classes: Sequence[str], lineages: Sequence[Sequence[str]]) -> np.ndarray:

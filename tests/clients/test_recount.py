@@ -182,3 +182,24 @@ def test_unusable_inputs_give_a_one_line_error(tmp_path, capsys, case):
                "missing": "no such file"}[case]  # fmt: skip
     assert message in err
     assert sorted(p.name for p in folder.iterdir()) == before  # nothing written, nothing lost
+
+
+def test_recount_flags_cells_with_the_margin_the_server_flagged_them_with(tmp_path):
+    """The journal records the served review margin; recount re-derives the flags with it."""
+    import dataclasses
+
+    from smr.clients.recount import read_scored_run
+
+    info = dataclasses.replace(paper_info(), review_margin=0.3)
+    rng = np.random.default_rng(3)
+    probs = rng.dirichlet(np.ones(len(info.classes)), size=20).astype(np.float32)
+    out = BatchOutputs(probs, probs.argmax(1), rng.uniform(size=(20, 2)).astype(np.float32),
+                       rng.uniform(size=(20, 2)).astype(np.float32))  # fmt: skip
+    ids = [f"c{i}" for i in range(20)]
+    with Journal.open(tmp_path, info, {"slide": {"name": "s.png"}}) as journal:
+        journal.append(ids, out)
+    run = read_scored_run(tmp_path)
+    assert run.info.review_margin == 0.3
+    served = [c.borderline for c in cells_from_outputs(info, out, margin=0.3)]
+    assert [run.cells[i].borderline for i in ids] == served
+    assert served != [c.borderline for c in cells_from_outputs(info, out, margin=0.05)]

@@ -11,7 +11,7 @@ from google.protobuf.json_format import MessageToDict
 from smr.clients.client import OUTPUTS, parse_outputs, requested_output_names
 from smr.clients.errors import ModelConfigError, ServerRequestError
 from smr.clients.model_info import ModelInfo, model_info_from_config
-from smr.clients.results import BatchOutputs, cells_from_outputs
+from smr.clients.results import BatchOutputs, cells_from_outputs, review_margin
 from smr.core.contract import BORDERLINE, DEFAULT_REVIEW_MARGIN, EMBEDDING, REVIEW_OUTPUTS, STAGE
 from smr.core.lineages import PAPER_SPEC
 from smr.core.review import CURVE_DISAGREES, SVM_UNSURE
@@ -145,3 +145,21 @@ def test_batches_keep_the_review_outputs_only_where_every_part_has_them():
     without = dataclasses.replace(with_review, stage=None, borderline=None)
     mixed = BatchOutputs.concatenate([with_review, without])
     assert mixed.stage is None and mixed.borderline is None and len(mixed) == 12
+
+
+def test_without_a_margin_of_its_own_the_client_flags_at_the_servers():
+    info = model_info_from_config(served_config(margin=0.3))
+    raw = _raw(info, 40, seed=2)
+    outputs = parse_outputs(
+        FakeResult(raw), 40, dataclasses.replace(info, review_margin=None), embeddings=False
+    )
+    assert review_margin(info) == 0.3 and review_margin(info, 0.1) == 0.1
+    own = [c.to_dict() for c in cells_from_outputs(info, outputs)]
+    assert own == [c.to_dict() for c in cells_from_outputs(info, outputs, margin=0.3)]
+    assert own != [c.to_dict() for c in cells_from_outputs(info, outputs, margin=DEFAULT_REVIEW_MARGIN)]
+    # a repository that serves no margin: the default
+    older = dataclasses.replace(info, review_margin=None)
+    assert review_margin(older) == DEFAULT_REVIEW_MARGIN
+    assert [c.to_dict() for c in cells_from_outputs(older, outputs)] == [
+        c.to_dict() for c in cells_from_outputs(older, outputs, margin=DEFAULT_REVIEW_MARGIN)
+    ]

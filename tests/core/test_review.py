@@ -11,6 +11,7 @@ from smr.core.review import (
     STAGE_GAP,
     SVM_UNSURE,
     check_margin,
+    choose_margin,
     class_stages,
     review,
     runner_up,
@@ -138,3 +139,56 @@ def test_bad_margins_and_class_ids_are_refused():
 def test_an_empty_batch_has_empty_results():
     result = review(np.zeros((0, 8), np.float32), [], np.zeros((0, 2), np.float32), BOUNDARIES, CLASS_STAGE)
     assert result.stage.shape == (0, 2) and result.flags.shape == (0,)
+
+
+def _flag_figures(p: np.ndarray, labels: np.ndarray, margin: float) -> tuple[int, int]:
+    """(cells flagged, misclassified cells among them) at ``margin``: a plain loop over the cells."""
+    flagged = found = 0
+    for row, label in zip(p, labels, strict=True):
+        top = sorted(row, reverse=True)
+        if top[0] - top[1] < margin:
+            flagged += 1
+            found += int(np.argmax(row) != label)
+    return flagged, found
+
+
+@pytest.mark.parametrize(
+    "seed, concentration, informative",
+    [(0, 0.5, False), (1, 2.0, False), (2, 0.5, True), (3, 2.0, True), (4, 0.2, True)],
+)
+def test_choose_margin_is_the_smallest_that_finds_half_the_errors_within_a_fifth(
+    seed, concentration, informative
+):
+    rng = np.random.default_rng(seed)
+    p = rng.dirichlet(np.full(5, concentration), size=300)
+    top2 = np.sort(p, axis=1)[:, -2:]
+    # errors at random (the fifth caps the flags), or mostly among the least sure (half is reachable)
+    unsure = top2[:, 1] - top2[:, 0] < np.quantile(top2[:, 1] - top2[:, 0], 0.15)
+    wrong = rng.random(300) < (np.where(unsure, 0.8, 0.04) if informative else 0.25)
+    labels = np.where(wrong, (p.argmax(axis=1) + rng.integers(1, 5, 300)) % 5, p.argmax(axis=1))
+    errors = int((p.argmax(axis=1) != labels).sum())
+    margin = choose_margin(p, labels)
+    flagged, found = _flag_figures(p, labels, margin)
+    # the brute-force reference: every cell's own gap as a candidate margin, smallest first
+    gaps = sorted({float(np.sort(row)[-1] - np.sort(row)[-2]) for row in p})
+    candidates = [g for g in gaps if _flag_figures(p, labels, np.nextafter(g, 2))[0] <= 60]  # <= 20 %
+    enough = [g for g in candidates if 2 * _flag_figures(p, labels, np.nextafter(g, 2))[1] >= errors]
+    assert flagged <= 60
+    assert bool(enough) == informative
+    if enough:  # the rule's target is reachable: the fewest flags that reach it
+        best = _flag_figures(p, labels, np.nextafter(enough[0], 2))
+        assert 2 * found >= errors and flagged == best[0] < 60
+    else:  # not reachable: as many flags as the fifth allows
+        assert flagged == _flag_figures(p, labels, np.nextafter(candidates[-1], 2))[0]
+    assert 0.0 <= margin <= 1.0
+
+
+def test_choose_margin_edges():
+    p = np.array([[0.9, 0.1], [0.6, 0.4], [0.55, 0.45], [0.2, 0.8]])
+    assert choose_margin(p, np.array([0, 0, 0, 1])) == 0.0  # nothing misclassified
+    assert choose_margin(p, np.array([0, 0, 1, 1]), max_flagged=0.0) == 0.0  # nothing may be flagged
+    # one error (the 0.55/0.45 cell, gap 0.1, the least sure): flag it alone, halfway to the next gap
+    margin = choose_margin(p, np.array([0, 0, 1, 1]), max_flagged=0.5)
+    assert margin == pytest.approx(0.15) and _flag_figures(p, np.array([0, 0, 1, 1]), margin) == (1, 1)
+    with pytest.raises(ValueError, match="disagree"):
+        choose_margin(p, np.array([0, 1]))

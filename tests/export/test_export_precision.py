@@ -158,7 +158,8 @@ def test_cli_usage_errors_name_the_valid_choices(capsys):
     assert main(["export", "/no/run", "--runtime", "onnxruntime", "--precision", "bf16"]) == 2
     err = capsys.readouterr().err
     assert (
-        err.startswith("smr export: error:") and "it runs fp32, int8 (bf16 needs --runtime openvino)" in err
+        err.startswith("smr export: error:")
+        and "it runs fp32, int8 (bf16 needs --runtime openvino or openvino-backend)" in err
     )
     with pytest.raises(SystemExit):
         main(["export", "/no/run", "--precision", "fp16"])

@@ -426,3 +426,18 @@ def test_the_python_backbone_carries_the_contract_it_imports(repo224_python):
         assert (vendored / name).read_bytes() == (core / name).read_bytes()
     manifest = json.loads((repo224_python / MANIFEST_FILE).read_text())
     assert "smr_backbone/1/smr_core/contract.py" in manifest["files"]
+
+
+def test_the_served_review_margin_is_the_runs_own_unless_given(run64, tmp_path):
+    """A run that chose its margin (smr train) has it served; --review-margin overrides it."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(run64.path, run_dir)
+    doc = json.loads((run_dir / "config.json").read_text())
+    doc.setdefault("result", {})["review_margin"] = 0.1234
+    (run_dir / "config.json").write_text(json.dumps(doc))
+    for option, served in ((None, "0.1234"), (0.2, "0.2")):
+        repo = tmp_path / f"repo-{served}"
+        export_repository(run_dir, repo, ExportOptions(review_margin=option), log=lambda _: None)
+        for name in (C.ENSEMBLE, C.POSTPROCESS):
+            config = parse_config(repo / name / "config.pbtxt")
+            assert config.parameters[C.REVIEW_MARGIN_PARAMETER].string_value == served, (option, name)

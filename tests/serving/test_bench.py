@@ -173,3 +173,62 @@ def test_smr_bench_stops_on_failing_requests_and_says_why(smr_server):
     assert (
         "stopped on an error" in done.stderr + done.stdout and "NO_SUCH_OUTPUT" in done.stderr + done.stdout
     )
+
+
+def test_server_cpu_by_role_names_python_model_stubs(tmp_path):
+    """A stub's CPU counts under its model (its command line names <repo>/<model>/1/model.py)."""
+    import os
+    import sys
+
+    from smr.serving.bench import server_cpu_by_role
+
+    script = tmp_path / "repo" / "smr_backbone" / "1" / "model.py"
+    script.parent.mkdir(parents=True)
+    script.write_text(
+        "import time\nstart = time.process_time()\nwhile time.process_time() - start < 0.4: pass\n"
+        "print(time.process_time(), flush=True)\ntime.sleep(60)\n"
+    )
+    # a stand-in server (a python process) that starts the stand-in stub
+    server = [sys.executable, "-c", "import subprocess, sys; subprocess.run([sys.executable, sys.argv[1]])"]
+    with subprocess.Popen([*server, str(script)], stdout=subprocess.PIPE, text=True) as parent:
+        try:
+            stub_cpu = float(parent.stdout.readline())  # what the stub measured of itself
+            roles = server_cpu_by_role(parent.pid)
+            assert set(roles) == {"server", "smr_backbone"}
+            assert roles["smr_backbone"] == pytest.approx(stub_cpu, abs=0.05)
+            assert roles["server"] < 0.4  # the stand-in server itself only waits
+        finally:
+            for pid in _children(parent.pid):
+                os.kill(pid, 9)
+            parent.kill()
+
+
+def _children(pid: int) -> list[int]:
+    from pathlib import Path
+
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+        except OSError:
+            pass
+    return found
+
+
+def test_cpu_per_cell_by_role_in_the_csv(tmp_path):
+    result = BenchResult("served", 16, 2, 10.0, 10, 160, 16.0, 1.0, 2.0, 3.0, cpu_seconds=0.8)
+    result.cpu_by_role = {"server": 0.1, "smr_backbone": 0.6, "smr_postprocess": 0.1, "client": 0.05}
+    assert result.cpu_ms_per_cell() == pytest.approx(5.0)
+    assert result.cpu_ms_per_cell("smr_backbone") == pytest.approx(3.75)
+    row = result.row()
+    assert row["backbone_cpu_ms_per_cell"] == pytest.approx(3.75)
+    assert row["postprocess_cpu_ms_per_cell"] == pytest.approx(0.625)
+    assert row["server_cpu_ms_per_cell"] == pytest.approx(0.625)
+    assert row["client_cpu_ms_per_cell"] == pytest.approx(0.3125)
+    from smr.serving.bench import cpu_breakdown
+
+    text = cpu_breakdown(result)
+    assert "backbone stub 3.750" in text and "postprocess stub 0.625" in text and "clients 0.312" in text
+    inproc = BenchResult("in-process", 16, 1, 10.0, 10, 160, 16.0, 1.0, 2.0, 3.0, cpu_seconds=0.4)
+    assert math.isnan(inproc.row()["backbone_cpu_ms_per_cell"]) and inproc.row()["cpu_ms_per_cell"] == 2.5

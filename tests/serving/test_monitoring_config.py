@@ -273,6 +273,32 @@ def test_compose_triton_serves_the_repository_and_prometheus_scrapes_it():
     assert source["datasources"][0]["url"].endswith(":9090") and "prometheus" in compose["services"]
 
 
+# the backends smr_backbone may use in the NGC image: its python backend's stub has neither
+# onnxruntime nor openvino installed, so a python-backend backbone cannot run there
+NGC_BACKBONE_BACKENDS = {"onnxruntime_onnx", "openvino"}
+
+
+def test_compose_says_how_to_export_for_each_backbone_backend_of_its_image():
+    from smr.export.pbtxt import RUNTIMES, ServingOptions, backbone_config
+
+    text = COMPOSE.read_text()
+    header = text[: text.index("x-triton:")]
+    runtimes = re.findall(
+        r"^#\s+smr export RUN --repository model_repository --runtime ([\w-]+)", header, re.M
+    )
+    assert runtimes == ["onnxruntime", "openvino-backend"]
+    for runtime in runtimes:
+        assert runtime in RUNTIMES
+        config = backbone_config(image_size=64, embedding_dim=8, options=ServingOptions(runtime=runtime))
+        assert (config.backend or config.platform) in NGC_BACKBONE_BACKENDS, runtime
+    # and what it cannot serve is named as such
+    python_backends = [r for r in RUNTIMES if r not in runtimes]
+    assert python_backends and f"Not --runtime {' or '.join(sorted(python_backends))}:" in " ".join(
+        line.lstrip("# ") for line in header.splitlines()
+    )
+    assert "not an export target" not in header
+
+
 @pytest.mark.parametrize("service", ["triton", "triton-gpu", "prometheus", "grafana"])
 def test_compose_images_are_pinned_to_tags(service):
     image = _compose()["services"][service]["image"]

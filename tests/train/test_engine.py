@@ -16,6 +16,7 @@ from sklearn.metrics import f1_score
 
 from smr.core.curves import fit_curve
 from smr.core.curves_json import project_all
+from smr.core.review import choose_margin
 from smr.core.svm import RbfSvm
 from smr.core.targets import make_targets
 from smr.data.folder import FolderDataset, load_image
@@ -148,6 +149,30 @@ def test_stain_jitter_is_a_per_image_per_channel_affine_map_of_optical_density()
     assert torch.equal(plain, off) and not torch.equal(plain, on)
 
 
+def test_blur_is_each_images_own_gaussian_as_scipy_computes_it():
+    from scipy.ndimage import gaussian_filter
+
+    b = 1.5
+    batch = np.random.default_rng(7).uniform(0, 255, (4, 3, 20, 17))
+    gen = torch.Generator().manual_seed(3)
+    out = BatchAugment(blur=b, generator=gen).soften(torch.from_numpy(batch)).numpy()
+    gen.manual_seed(3)
+    sigma = (torch.rand(4, generator=gen, dtype=torch.float64) * b).numpy()
+    radius = math.ceil(3 * b)
+    assert np.ptp(sigma) > 0.3
+    for n, c in itertools.product(range(4), range(3)):
+        # the independent reference: scipy's Gaussian, the same radius, edges mirrored
+        expected = gaussian_filter(batch[n, c], sigma[n], mode="mirror", truncate=radius / sigma[n])
+        np.testing.assert_allclose(out[n, c], expected, rtol=1e-10, atol=1e-9)
+    # off: exactly the geometric augmentation, from the same random stream; on: softer images
+    images = torch.from_numpy(batch.round().astype(np.uint8))
+    plain = BatchAugment(generator=torch.Generator().manual_seed(5))(images)
+    off = BatchAugment(blur=0.0, generator=torch.Generator().manual_seed(5))(images)
+    on = BatchAugment(blur=b, generator=torch.Generator().manual_seed(5))(images)
+    assert torch.equal(plain, off) and not torch.equal(plain, on)
+    assert on.float().diff(dim=-1).abs().mean() < plain.float().diff(dim=-1).abs().mean()
+
+
 def test_augment_is_repeatable_from_its_generator():
     batch = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (2, 3, 24, 24), dtype=np.uint8))
     a = BatchAugment(generator=torch.Generator().manual_seed(5))(batch)
@@ -217,6 +242,11 @@ def test_training_writes_a_complete_run_that_load_run_reads_back(trained_run):
     pred = np.argmax(RbfSvm.from_dict(run.svm).predict_proba(emb.astype(np.float64)), axis=1)
     f1 = f1_score(labels, pred, labels=np.arange(4), average="macro", zero_division=0)
     assert f1 == pytest.approx(trained_run.result.best_val_macro_f1)
+    # the review margin is the one chosen on those validation probabilities, recorded in the result
+    probs = RbfSvm.from_dict(run.svm).predict_proba(emb.astype(np.float64))
+    margin = choose_margin(probs, labels)
+    assert trained_run.result.review_margin == pytest.approx(margin, abs=1e-6)
+    assert run.result["review_margin"] == pytest.approx(margin, abs=1e-6)
 
     # the saved curves are that epoch's, fitted in the embedding space
     for saved, fitted in zip(run.curves, state.curves, strict=True):
