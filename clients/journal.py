@@ -80,6 +80,10 @@ def slide_sha256(path: str | Path, cache: str | Path | None = None) -> str:
     return digest.hexdigest()
 
 
+# meta keys that do not change what the stored outputs mean: a resumed run may differ in them
+_NOT_COMPARED = {"review_margin"}
+
+
 def _differences(stored: Mapping[str, Any], current: Mapping[str, Any], prefix: str = "") -> list[str]:
     keys = sorted(set(stored) | set(current))
     out = []
@@ -189,7 +193,7 @@ class Journal:
                 raise InputError(
                     f"{meta_path}: not an SMR scoring journal of version {VERSION}; pass --restart"
                 )
-            changed = [c for c in _differences(stored, meta) if c != "review_margin"]
+            changed = [c for c in _differences(stored, meta) if c not in _NOT_COMPARED]
             if changed:
                 raise InputError(
                     f"{directory} holds results of a different scoring run (changed: {', '.join(changed)}); "

@@ -191,10 +191,7 @@ def _tree(pid: int, parents: dict[int, int]) -> set[int]:
 def process_tree_cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of ``pid`` and its live descendants (Linux /proc), e.g. tritonserver
     and its python backend stubs."""
-    parents, cpu = _processes()
-    if pid not in cpu:
-        raise BenchError(f"no process {pid} (--server-pid must be the tritonserver on this machine)")
-    return sum(cpu[p] for p in _tree(pid, parents))
+    return sum(server_cpu_by_role(pid).values())
 
 
 def _stub_model(pid: int) -> str | None:
